@@ -1,0 +1,38 @@
+# Self-documenting Makefile: `make help` lists every target with its `##` comment.
+PY ?= python
+.DEFAULT_GOAL := help
+
+help: ## list the targets
+	@grep -E '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  %-12s %s\n", $$1, $$2}'
+
+install: ## install torch==2.13.0 first (CPU build here, CUDA build on a GPU box), then this project
+	$(PY) -m pip install torch==2.13.0
+	$(PY) -m pip install -e ".[dev]"
+
+test: ## fast test suite (what CI runs)
+	$(PY) -m pytest -q -m "not slow and not gpu"
+
+test-all: ## every CPU test, slow ones included
+	$(PY) -m pytest -q -m "not gpu"
+
+lint: ## ruff
+	$(PY) -m ruff check .
+
+synthetic: ## write synthetic GranD-f val/test into outputs/synthetic
+	$(PY) scripts/make_synthetic.py --out outputs/synthetic
+
+tables: ## render outputs/tables/table{1,2,3,4}.{md,tex,csv} from every metrics.json
+	@echo "not yet: tables land with the runner (issue 4)"
+
+bench: ## benchmarks: evaluator speed and pruning overhead (medians over repeats)
+	$(PY) scripts/bench_eval.py
+	@if [ -f scripts/bench_pruning.py ]; then $(PY) scripts/bench_pruning.py; fi
+
+clean: ## remove caches (outputs/ is kept; use clean-outputs)
+	rm -rf .pytest_cache .ruff_cache build *.egg-info
+	find . -name __pycache__ -type d -prune -exec rm -rf {} +
+
+clean-outputs: ## delete everything runs wrote under outputs/
+	find outputs -mindepth 1 ! -name README.md -exec rm -rf {} +
+
+.PHONY: help install test test-all lint synthetic tables bench clean clean-outputs
