@@ -28,7 +28,7 @@ import numpy as np
 import torch
 from transformers.models.llama.modeling_llama import apply_rotary_pos_emb, repeat_kv
 
-from altp.pruning import Pruner, PruneContext
+from altp.pruning import PruneContext, Pruner
 
 
 @dataclass
@@ -187,7 +187,7 @@ class PruningEngine:
     def _context(self, layer_idx, stage_number, budget, hidden, stage, previous, inputs):
         """The PruneContext for one stage, with lazily computed importance and keys."""
         visual_cols = stage.visual_cols()
-        grid_index = stage.token_index.gather(1, visual_cols) - inputs.visual_start[:, None]
+        grid_index = stage.token_index.gather(1, visual_cols) - inputs.visual_start.to(hidden.device)[:, None]
         rotary = self.decoder.rotary_emb
         full_width = inputs.inputs_embeds.shape[1]
 

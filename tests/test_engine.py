@@ -12,7 +12,7 @@ import torch
 from llama_fixtures import embedded_batch, tiny_llama
 
 from altp.engine import EngineInputs, PruningEngine
-from altp.pruning import Pruner, PruneContext, topk_sorted, visual_budget
+from altp.pruning import PruneContext, Pruner, topk_sorted, visual_budget
 
 STEPS = 20
 
@@ -98,7 +98,7 @@ def test_batch_equals_single_runs(policy):
     batch = embedded_batch(model, prefixes, seed=1)
     pruner = TopAttention(keep=0.25, layer=2, position_policy=policy)
     together = PruningEngine(model, pruner).generate(batch, STEPS, return_logits=True)
-    for b, prefix in enumerate(prefixes):
+    for b in range(len(prefixes)):
         pad = int((batch.attention_mask[b] == 0).sum())
         single = EngineInputs(batch.inputs_embeds[b:b + 1, pad:], batch.attention_mask[b:b + 1, pad:],
                               batch.visual_start[b:b + 1] - pad, batch.n_visual, batch.grid)

@@ -1,0 +1,1 @@
+"""ALTP harness: pruning interface and engine, the ALTP method, models, data and the runner."""

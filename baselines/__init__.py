@@ -1,0 +1,1 @@
+"""Baseline visual-token pruners, one module per method."""

@@ -1,0 +1,1 @@
+"""GCG evaluation (GLaMM's GranD-f protocol): metrics, text similarity, caption clean-up, CLI."""
