@@ -21,8 +21,8 @@ lint: ## ruff
 synthetic: ## write synthetic GranD-f val/test into outputs/synthetic
 	$(PY) scripts/make_synthetic.py --out outputs/synthetic
 
-tables: ## render outputs/tables/table{1,2,3,4}.{md,tex,csv} from every metrics.json
-	@echo "not yet: tables land with the runner (issue 4)"
+tables: ## render outputs/tables/table{1,2,3,4}.{md,tex,csv} from every metrics.json under outputs/runs
+	$(PY) -m eval.tables --runs outputs/runs --out outputs/tables
 
 bench: ## benchmarks: evaluator speed and pruning overhead (medians over repeats)
 	$(PY) scripts/bench_eval.py

@@ -1,0 +1,239 @@
+"""tiny_gcg: a GLaMM-shaped grounded-conversation model small enough to train on a CPU.
+
+Same data flow as GLaMM (reference/glamm.md), scaled down:
+
+    image (192 px) -> conv vision encoder -> 24 x 24 = 576 visual tokens (+ 2-D position embedding,
+    as CLIP has) -> MLP projector -> spliced into the prompt at <image>
+    -> transformers LlamaForCausalLM, run by our PruningEngine (pruners act here)
+    -> for every generated [SEG]: the final-norm hidden state of the step that produced it
+    -> text_hidden_fcs -> mask head over the encoder's 48 x 48 pixel features (the SAM role)
+
+The prompt has text before and after the image (system text, then the instruction), so "the
+last prompt token" and text-token FLOPs mean what they mean for GLaMM. The tokenizer is
+word-level: the synthetic captions use a closed vocabulary (altp.data.synthetic.VOCAB).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from PIL import Image
+from safetensors.torch import load_file, save_file
+from torch import nn
+from transformers import LlamaConfig, LlamaForCausalLM
+
+from altp.engine import EngineInputs, GenerationOutput, PruningEngine
+from eval.cleanup import clean_caption
+
+SPECIAL_TOKENS = ["<pad>", "<s>", "</s>", "<unk>", "<image>", "<im_start>", "<im_end>"]
+SYSTEM_TEXT = "A chat between a curious user and an assistant . USER :"
+INSTRUCTION = "Describe the image in detail with interleaved segmentation masks . ASSISTANT :"
+PIXEL_MEAN, PIXEL_STD = 0.5, 0.25
+WEIGHTS_DIR = Path(__file__).parent / "weights"
+
+
+@dataclass
+class GCGPrediction:
+    caption: str
+    phrases: list[str]
+    masks: list[np.ndarray]  # bool, at the original image size, one per [SEG] in order
+
+
+class WordTokenizer:
+    """Space-separated words <-> ids over a fixed vocabulary (special tokens first)."""
+
+    def __init__(self, words: list[str]):
+        self.vocab = list(SPECIAL_TOKENS) + [w for w in words if w not in SPECIAL_TOKENS]
+        self.ids = {w: i for i, w in enumerate(self.vocab)}
+        self.pad_id, self.bos_id, self.eos_id, self.unk_id = 0, 1, 2, 3
+        self.image_id = self.ids["<image>"]
+        self.seg_id = self.ids["[SEG]"]
+
+    def encode(self, text: str) -> list[int]:
+        return [self.ids.get(word, self.unk_id) for word in text.split()]
+
+    def decode(self, ids) -> str:
+        return " ".join(self.vocab[int(i)] for i in ids)
+
+    def prompt_ids(self) -> list[int]:
+        """<s> system <im_start> <image> <im_end> instruction — one id stands for the image."""
+        return [self.bos_id, *self.encode(f"{SYSTEM_TEXT} <im_start> <image> <im_end> {INSTRUCTION}")]
+
+
+@dataclass
+class TinyGCGConfig:
+    vocab: list[str] = field(default_factory=list)  # content words; special tokens are added
+    image_size: int = 192
+    grid: int = 24
+    pixel_dim: int = 64  # channels of the stride-4 pixel features the mask head reads
+    token_dim: int = 128  # vision-encoder width at the token grid
+    hidden: int = 128  # LLM width
+    layers: int = 6
+    heads: int = 4
+    intermediate: int = 384
+    mask_dim: int = 64
+
+
+def _conv(cin, cout, stride=1):
+    return nn.Sequential(nn.Conv2d(cin, cout, 3, stride, 1), nn.GELU())
+
+
+class VisionEncoder(nn.Module):
+    """Conv stem: stride-4 pixel features for masks, stride-(size/grid) tokens for the LLM."""
+
+    def __init__(self, cfg: TinyGCGConfig):
+        super().__init__()
+        stride = cfg.image_size // cfg.grid
+        self.pixel = nn.Sequential(_conv(3, 32, 2), _conv(32, cfg.pixel_dim, 2), _conv(cfg.pixel_dim, cfg.pixel_dim))
+        self.tokens = nn.Sequential(_conv(cfg.pixel_dim, cfg.token_dim, stride // 4), _conv(cfg.token_dim, cfg.token_dim),
+                                    nn.Conv2d(cfg.token_dim, cfg.token_dim, 1))
+        side = cfg.image_size // 4
+        self.token_pos = nn.Parameter(torch.randn(cfg.grid * cfg.grid, cfg.token_dim) * 0.02)
+        self.pixel_pos = nn.Parameter(torch.randn(cfg.pixel_dim, side, side) * 0.02)
+
+    def forward(self, pixels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        features = self.pixel(pixels)
+        tokens = self.tokens(features).flatten(2).transpose(1, 2) + self.token_pos
+        return tokens, features + self.pixel_pos
+
+
+class MaskHead(nn.Module):
+    """Per-pixel MLP conditioned on the [SEG] query (added to projected pixel features).
+
+    ``project`` runs once per image; ``forward`` once per mask, on the cheap part only.
+    """
+
+    def __init__(self, cfg: TinyGCGConfig):
+        super().__init__()
+        self.pixel_proj = nn.Conv2d(cfg.pixel_dim, cfg.mask_dim, 1)
+        self.query_proj = nn.Linear(cfg.mask_dim, cfg.mask_dim)
+        self.out = nn.Sequential(nn.Conv2d(cfg.mask_dim, 32, 1), nn.GELU(), nn.Conv2d(32, 1, 3, 1, 1))
+
+    def project(self, features: torch.Tensor) -> torch.Tensor:
+        return self.pixel_proj(features)
+
+    def forward(self, queries: torch.Tensor, projected: torch.Tensor, size: int) -> torch.Tensor:
+        """queries [n, mask_dim], projected features [n, mask_dim, h, w] -> logits [n, size, size]."""
+        logits = self.out(F.gelu(projected + self.query_proj(queries)[:, :, None, None]))
+        return F.interpolate(logits, size=(size, size), mode="bilinear", align_corners=False)[:, 0]
+
+
+class TinyGCG(nn.Module):
+    name = "tiny_gcg"
+
+    def __init__(self, cfg: TinyGCGConfig):
+        super().__init__()
+        self.cfg = cfg
+        self.tokenizer = WordTokenizer(cfg.vocab)
+        self.vision = VisionEncoder(cfg)
+        self.projector = nn.Sequential(nn.Linear(cfg.token_dim, cfg.hidden), nn.GELU(),
+                                       nn.Linear(cfg.hidden, cfg.hidden))
+        self.llm = LlamaForCausalLM(LlamaConfig(
+            vocab_size=len(self.tokenizer.vocab), hidden_size=cfg.hidden, intermediate_size=cfg.intermediate,
+            num_hidden_layers=cfg.layers, num_attention_heads=cfg.heads, num_key_value_heads=cfg.heads,
+            max_position_embeddings=2048, bos_token_id=1, eos_token_id=2, pad_token_id=0,
+            tie_word_embeddings=False, attn_implementation="sdpa"))
+        self.text_hidden_fcs = nn.Sequential(nn.Linear(cfg.hidden, cfg.hidden), nn.ReLU(),
+                                             nn.Linear(cfg.hidden, cfg.mask_dim))
+        self.mask_head = MaskHead(cfg)
+
+    # --- inputs --------------------------------------------------------------------------
+    def pixels(self, images: list[np.ndarray]) -> torch.Tensor:
+        """uint8 HxWx3 images (already image_size square) -> normalised [B, 3, H, W]."""
+        size = self.cfg.image_size
+        for image in images:
+            if image.shape != (size, size, 3):
+                raise ValueError(f"tiny_gcg expects {size}x{size} RGB images, got {image.shape}")
+        array = np.stack(images).astype(np.float32) / 255.0
+        return (torch.from_numpy(array).permute(0, 3, 1, 2) - PIXEL_MEAN) / PIXEL_STD
+
+    def embed_prompt(self, pixels: torch.Tensor, answer_ids: torch.Tensor | None = None):
+        """Prompt (+ optional teacher-forced answer) embeddings with the image spliced in.
+
+        Returns (embeds [B, T, d], visual_start, pixel features). Every sample shares the prompt,
+        so no padding is needed here; the engine still supports padded batches.
+        """
+        visual, features = self.vision(pixels)
+        visual = self.projector(visual)
+        prompt = self.tokenizer.prompt_ids()
+        start = prompt.index(self.tokenizer.image_id)
+        ids = torch.tensor(prompt, device=pixels.device)
+        text = self.llm.model.embed_tokens(ids).expand(pixels.shape[0], -1, -1)
+        parts = [text[:, :start], visual, text[:, start + 1:]]
+        if answer_ids is not None:
+            parts.append(self.llm.model.embed_tokens(answer_ids))
+        return torch.cat(parts, dim=1), start, features
+
+    def engine_inputs(self, images: list[np.ndarray]) -> tuple[EngineInputs, torch.Tensor]:
+        pixels = self.pixels(images).to(self.llm.device)
+        embeds, start, features = self.embed_prompt(pixels)
+        batch = embeds.shape[0]
+        inputs = EngineInputs(
+            inputs_embeds=embeds,
+            attention_mask=torch.ones(batch, embeds.shape[1], dtype=torch.long, device=embeds.device),
+            visual_start=torch.full((batch,), start, device=embeds.device), n_visual=self.cfg.grid ** 2,
+            grid=(self.cfg.grid, self.cfg.grid), images=[im.astype(np.float32) / 255.0 for im in images])
+        return inputs, features
+
+    def mask_logits(self, seg_hidden: torch.Tensor, features: torch.Tensor, image_of: torch.Tensor) -> torch.Tensor:
+        """[SEG] states [n, d], pixel features [B, C, h, w], image index [n] -> logits [n, H, W]."""
+        projected = self.mask_head.project(features)[image_of]
+        return self.mask_head(self.text_hidden_fcs(seg_hidden), projected, self.cfg.image_size)
+
+    @property
+    def n_visual(self) -> int:
+        return self.cfg.grid ** 2
+
+    @torch.no_grad()
+    def predict(self, images: list[Image.Image], engine: PruningEngine,
+                max_new_tokens: int) -> tuple[list[GCGPrediction], GenerationOutput]:
+        """Caption + one mask per generated [SEG] for each image (resized to image_size and back).
+
+        The caption and phrases go through GLaMM's clean-up (eval.cleanup); masks are the mask
+        logits resized to the original image size, thresholded at 0 (as GLaMM).
+        """
+        size = self.cfg.image_size
+        arrays = [np.asarray(im.convert("RGB").resize((size, size), Image.BILINEAR)) for im in images]
+        inputs, features = self.engine_inputs(arrays)
+        out = engine.generate(inputs, max_new_tokens, eos_token_id=self.tokenizer.eos_id)
+        predictions = []
+        for b, image in enumerate(images):
+            ids = out.tokens[b, :out.lengths[b]].tolist()
+            if ids and ids[-1] == self.tokenizer.eos_id:
+                ids = ids[:-1]
+            caption, phrases = clean_caption(self.tokenizer.decode(ids))
+            steps = [t for t, token in enumerate(ids) if token == self.tokenizer.seg_id]
+            masks = []
+            if steps:
+                image_of = torch.full((len(steps),), b, device=features.device)
+                logits = self.mask_logits(out.hidden[b, steps], features, image_of)
+                logits = F.interpolate(logits[:, None], size=(image.height, image.width), mode="bilinear",
+                                       align_corners=False)[:, 0]
+                masks = list((logits > 0).cpu().numpy())
+            predictions.append(GCGPrediction(caption, phrases, masks))
+        return predictions, out
+
+    # --- persistence ---------------------------------------------------------------------
+    def save(self, directory: Path, card: dict | None = None) -> None:
+        directory.mkdir(parents=True, exist_ok=True)
+        save_file({k: v.contiguous() for k, v in self.state_dict().items()}, str(directory / "model.safetensors"))
+        (directory / "config.json").write_text(json.dumps(asdict(self.cfg), indent=1) + "\n")
+        if card is not None:
+            (directory / "card.json").write_text(json.dumps(card, indent=1) + "\n")
+
+
+def load_tiny_gcg(directory: str | Path = WEIGHTS_DIR) -> TinyGCG:
+    """Load the packaged (or any saved) tiny model; a missing file is a one-line error."""
+    directory = Path(directory)
+    for name in ("config.json", "model.safetensors"):
+        if not (directory / name).is_file():
+            raise FileNotFoundError(f"tiny_gcg weights: {directory / name} is missing; the package ships "
+                                    "them in altp/models/weights (retrain: python scripts/train_tiny_gcg.py)")
+    model = TinyGCG(TinyGCGConfig(**json.loads((directory / "config.json").read_text())))
+    model.load_state_dict(load_file(str(directory / "model.safetensors")))
+    return model.eval()

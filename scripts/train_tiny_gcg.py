@@ -1,0 +1,113 @@
+"""Train tiny_gcg on the synthetic training stream, unpruned (as GLaMM is trained).
+
+    python scripts/train_tiny_gcg.py --steps 1500 --out altp/models/weights
+
+Loss = next-token cross entropy on the answer ("The image shows a <p> small red circle </p>
+[SEG] ...", then </s>) + mask loss (BCE + Dice) for every [SEG], whose query is the final-norm
+hidden state of the position that *produced* [SEG] — exactly what the engine hands the mask
+head at inference. Deterministic for a seed (data stream and initialisation).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from altp.data.synthetic import VOCAB, iter_training_samples  # noqa: E402
+from altp.models.tiny_gcg import WEIGHTS_DIR, TinyGCG, TinyGCGConfig  # noqa: E402
+
+
+def make_batch(model: TinyGCG, samples):
+    """Pixels, right-padded answer ids (+EOS), and the GT masks of every [SEG] in order."""
+    tok = model.tokenizer
+    answers = [tok.encode(s.answer) + [tok.eos_id] for s in samples]
+    width = max(map(len, answers))
+    ids = torch.full((len(samples), width), tok.pad_id)
+    for b, answer in enumerate(answers):
+        ids[b, :len(answer)] = torch.tensor(answer)
+    masks = torch.from_numpy(np.concatenate([s.masks for s in samples])).float()
+    return model.pixels([s.image for s in samples]), ids, masks
+
+
+def loss_terms(model: TinyGCG, pixels, answer_ids, gt_masks):
+    embeds, _, features = model.embed_prompt(pixels, answer_ids)
+    hidden = model.llm.model(inputs_embeds=embeds).last_hidden_state  # final norm applied
+    prompt_len = embeds.shape[1] - answer_ids.shape[1]
+    producing = hidden[:, prompt_len - 1:-1]  # position i produces answer token i
+    logits = model.llm.lm_head(producing)
+    target = answer_ids.masked_fill(answer_ids == model.tokenizer.pad_id, -100)
+    lm_loss = F.cross_entropy(logits.flatten(0, 1), target.flatten(), ignore_index=-100)
+
+    sample, step = (answer_ids == model.tokenizer.seg_id).nonzero(as_tuple=True)
+    pred = model.mask_logits(producing[sample, step], features, sample)
+    bce = F.binary_cross_entropy_with_logits(pred, gt_masks)
+    prob = pred.sigmoid().flatten(1)
+    target_masks = gt_masks.flatten(1)
+    dice = 1 - (2 * (prob * target_masks).sum(1) + 1) / (prob.sum(1) + target_masks.sum(1) + 1)
+    return lm_loss, bce, dice.mean()
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--steps", type=int, default=1500)
+    parser.add_argument("--batch", type=int, default=16)
+    parser.add_argument("--lr", type=float, default=1e-3)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--out", type=Path, default=WEIGHTS_DIR)
+    parser.add_argument("--save-every", type=int, default=250, help="also save every N steps (resumable look)")
+    args = parser.parse_args(argv)
+
+    torch.manual_seed(args.seed)
+    torch.set_num_threads(args.threads)
+    model = TinyGCG(TinyGCGConfig(vocab=list(VOCAB))).train()
+    optimizer = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=0.01)
+    warmup = max(1, args.steps // 20)
+
+    def schedule(step):  # linear warm-up, cosine decay to 10 %
+        if step < warmup:
+            return (step + 1) / warmup
+        return 0.1 + 0.45 * (1 + math.cos(math.pi * (step - warmup) / max(1, args.steps - warmup)))
+
+    lr_schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
+    stream = iter_training_samples(args.seed, image_size=model.cfg.image_size)
+    start = time.time()
+    for step in range(args.steps):
+        pixels, answer_ids, gt_masks = make_batch(model, [next(stream) for _ in range(args.batch)])
+        lm_loss, bce, dice = loss_terms(model, pixels, answer_ids, gt_masks)
+        loss = lm_loss + bce + dice
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        optimizer.step()
+        lr_schedule.step()
+        if step % 25 == 0 or step == args.steps - 1:
+            print(f"step {step:5d}  lm {lm_loss.item():.4f}  bce {bce.item():.4f}  dice {dice.item():.4f}  "
+                  f"{time.time() - start:7.1f}s", flush=True)
+        if args.save_every and step and step % args.save_every == 0:
+            model.eval().save(args.out, card(args, argv, model, start, step))
+            model.train()
+    final = card(args, argv, model, start, args.steps)
+    model.eval().save(args.out, final)
+    print(json.dumps(final))
+
+
+def card(args, argv, model, start, steps_done) -> dict:
+    """The model card saved beside the weights (evaluation scores are added by the runner's user)."""
+    return {"command": "python scripts/train_tiny_gcg.py " + " ".join(argv or sys.argv[1:]),
+            "seed": args.seed, "steps": steps_done, "batch": args.batch, "lr": args.lr,
+            "training_minutes": round((time.time() - start) / 60, 1), "threads": args.threads,
+            "parameters": sum(p.numel() for p in model.parameters())}
+
+
+if __name__ == "__main__":
+    main()

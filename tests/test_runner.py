@@ -1,0 +1,152 @@
+"""The runner at small scale: run-dir naming, config errors, atomic writes, resume after SIGKILL.
+
+A randomly initialised tiny_gcg (saved to tmp) stands in for the trained one: these tests check
+the plumbing, not the scores. Synthetic data are generated into tmp on first use.
+"""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from hydra import compose, initialize_config_dir
+
+from altp.data.synthetic import VOCAB
+from altp.models.tiny_gcg import TinyGCG, TinyGCGConfig
+from altp.runner import ConfigError, run, run_directory, validate, write_json_atomic
+
+ROOT = Path(__file__).resolve().parents[1]
+CONTRACT_KEYS = {"model", "data", "split", "pruner", "pruner_params", "keep", "visual_tokens", "kept_tokens",
+                 "prune_layers", "n_images", "n_failed", "METEOR", "CIDEr", "AP50", "mIoU", "recall",
+                 "flops_ratio", "timing", "similarity_model"}
+
+
+@pytest.fixture(scope="module")
+def workspace(tmp_path_factory):
+    """A random tiny_gcg checkpoint and a small synthetic dataset, shared by the module."""
+    root = tmp_path_factory.mktemp("runner")
+    torch.manual_seed(0)
+    TinyGCG(TinyGCGConfig(vocab=list(VOCAB))).eval().save(root / "weights")
+    return root
+
+
+def overrides(ws: Path, *extra: str) -> list[str]:
+    generate = [] if "data=grandf" in extra else ["data.generate.n_val=6", "data.generate.n_test=2"]
+    return [f"model.weights={ws / 'weights'}", f"data.root={ws / 'synthetic'}", f"output_root={ws / 'out'}",
+            "max_new_tokens=6", "batch_size=2", "progress=false", *generate, *extra]
+
+
+def compose_cfg(*args: str):
+    with initialize_config_dir(version_base="1.3", config_dir=str(ROOT / "configs")):
+        return compose("config", overrides=list(args))
+
+
+def test_run_directory_names_the_config(workspace):
+    base = Path(str(workspace / "out")) / "runs" / "synthetic-val" / "tiny_gcg"
+    assert run_directory(compose_cfg(*overrides(workspace))) == base / "none" / "keep1"
+    assert run_directory(compose_cfg(*overrides(workspace, "keep=0.1"))) == base / "none" / "keep1"
+    assert run_directory(compose_cfg(*overrides(workspace, "pruner=altp", "keep=0.1"))) == base / "altp" / "keep0.1"
+    named = run_directory(compose_cfg(*overrides(workspace, "pruner=altp", "keep=0.25",
+                                                 "pruner.n_segments=7", "data.limit=3")))
+    assert named.parts[-4:] == ("synthetic-val-limit3", "tiny_gcg", "altp[n_segments=7]", "keep0.25")
+
+
+@pytest.mark.parametrize("extra,field", [(["keep=1.5"], "keep"), (["data.split=train"], "data.split"),
+                                         (["data=grandf", "data.root=/nonexistent"], "data.ann_dir"),
+                                         (["data.limit=0"], "data.limit"),
+                                         (["pruner=altp", "pruner.alpha=-1"], "pruner")])
+def test_validate_names_the_field(workspace, extra, field):
+    with pytest.raises(ConfigError, match=field.replace(".", r"\.")):
+        validate(compose_cfg(*overrides(workspace, *extra)))
+
+
+def test_missing_weights_named(workspace):
+    with pytest.raises(ConfigError, match="model.weights"):
+        validate(compose_cfg(*overrides(workspace), f"model.weights={workspace / 'nothing'}"))
+
+
+@pytest.mark.parametrize("args", [["pruner=nope"], ["pruner.nope=1"], ["keep=0"], ["-m", "pruner=fastv,nope"]])
+def test_cli_config_errors_are_one_line_exit_2(args):
+    proc = subprocess.run([sys.executable, "run.py", *args], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2, proc.stderr
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("config error:") and "Traceback" not in proc.stderr
+
+
+def test_end_to_end_resume_and_refusal(workspace):
+    cfg = compose_cfg(*overrides(workspace, "pruner=fastv", "keep=0.25"))
+    metrics = run(cfg)
+    assert CONTRACT_KEYS <= metrics.keys()
+    run_dir = Path(metrics["run_dir"])
+    predictions = sorted((run_dir / "predictions").glob("*.json"))
+    assert len(predictions) == 6 and metrics["n_images"] == 6 and metrics["n_failed"] == 0
+    record = json.loads(predictions[0].read_text())
+    assert set(record) == {"image_id", "caption", "phrases", "pred_masks"}
+    assert metrics["kept_tokens"] == [144] and metrics["prune_layers"] == [2]
+    assert metrics["tokens_per_layer"][2] < metrics["tokens_per_layer"][1]
+    assert not list(run_dir.glob("**/.*.tmp"))
+    # a rerun of the same config does nothing new
+    assert run(cfg) == metrics
+    # the same directory with a different identity is refused, then discarded on request
+    changed = compose_cfg(*overrides(workspace, "pruner=fastv", "keep=0.25", "max_new_tokens=5"))
+    with pytest.raises(ConfigError, match="max_new_tokens"):
+        run(changed)
+    changed = compose_cfg(*overrides(workspace, "pruner=fastv", "keep=0.25", "max_new_tokens=5", "overwrite=true"))
+    assert run(changed)["max_new_tokens"] == 5
+
+
+def test_corrupt_image_is_recorded_and_the_run_goes_on(workspace, tmp_path):
+    data = tmp_path / "synthetic"
+    cfg = compose_cfg(*overrides(workspace, f"data.root={data}", f"output_root={tmp_path / 'out'}"))
+    validate(cfg)
+    from altp.runner import prepare_split
+    split = prepare_split(cfg)
+    split.image_path(split.images[1].image_id).write_bytes(b"not a jpeg")
+    metrics = run(cfg)
+    errors = (Path(metrics["run_dir"]) / "errors.jsonl").read_text().splitlines()
+    assert metrics["n_failed"] == 1 and len(errors) == 1
+    assert json.loads(errors[0])["image_id"] == split.images[1].image_id
+    assert metrics["evaluation"]["n_missing"] == 1
+
+
+def test_atomic_write_keeps_the_old_file_on_failure(tmp_path, monkeypatch):
+    path = tmp_path / "metrics.json"
+    write_json_atomic(path, {"a": 1})
+
+    def broken(*_):
+        raise OSError("disk full")
+
+    monkeypatch.setattr(os, "replace", broken)
+    with pytest.raises(OSError):
+        write_json_atomic(path, {"a": 2})
+    assert json.loads(path.read_text()) == {"a": 1}
+
+
+@pytest.mark.slow
+def test_sigkill_then_rerun_gives_the_same_metrics(workspace, tmp_path):
+    args = overrides(workspace, "pruner=altp", "keep=0.1", "data.generate.n_val=12", "data.limit=12",
+                     f"data.root={tmp_path / 'data'}", "batch_size=1")
+    reference = subprocess.run([sys.executable, "run.py", *args, f"output_root={tmp_path / 'a'}"], cwd=ROOT,
+                               capture_output=True, text=True, timeout=600)
+    assert reference.returncode == 0, reference.stderr
+    killed_root = tmp_path / "b"
+    proc = subprocess.Popen([sys.executable, "run.py", *args, f"output_root={killed_root}"], cwd=ROOT,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 300
+    while time.time() < deadline and len(list(killed_root.glob("runs/**/predictions/*.json"))) < 4:
+        time.sleep(0.2)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert not list(killed_root.glob("runs/**/metrics.json"))
+    resumed = subprocess.run([sys.executable, "run.py", *args, f"output_root={killed_root}"], cwd=ROOT,
+                             capture_output=True, text=True, timeout=600)
+    assert resumed.returncode == 0, resumed.stderr
+    a = json.loads(next((tmp_path / "a").glob("runs/**/metrics.json")).read_text())
+    b = json.loads(next(killed_root.glob("runs/**/metrics.json")).read_text())
+    for key in ("METEOR", "CIDEr", "AP50", "mIoU", "recall", "n_images", "n_failed", "flops_ratio"):
+        assert a[key] == b[key], key
