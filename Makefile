@@ -24,9 +24,10 @@ synthetic: ## write synthetic GranD-f val/test into outputs/synthetic
 tables: ## render outputs/tables/table{1,2,3,4}.{md,tex,csv} from every metrics.json under outputs/runs
 	$(PY) -m eval.tables --runs outputs/runs --out outputs/tables
 
-bench: ## benchmarks: evaluator speed and pruning overhead (medians over repeats)
+bench: ## benchmarks (medians over repeats): evaluator speed, ALTP SLIC paths, pruner overhead + prefill vs FLOPs
 	$(PY) scripts/bench_eval.py
-	@if [ -f scripts/bench_pruning.py ]; then $(PY) scripts/bench_pruning.py; fi
+	$(PY) scripts/bench_altp.py
+	$(PY) scripts/bench_pruning.py
 
 clean: ## remove caches (outputs/ is kept; use clean-outputs)
 	rm -rf .pytest_cache .ruff_cache build *.egg-info

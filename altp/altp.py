@@ -7,6 +7,11 @@ tokens and the total is trimmed to exactly the budget. Both act once, at the inp
 (``layer``, default 2: layers 0 and 1 see every token, as in the paper's FastV comparison), and
 keep original position ids, as FastV does.
 
+Where the paper contradicts itself: Algorithm 1 (line 20) and Sec. 3.4 feed only the selected
+tokens to the LLM (pruning before it, K = 0), but Table 1 gives ALTP the same FLOPs as FastV at
+K = 2 (20/33/55 %), and its importance "cross-attention" needs an LLM layer. We follow Table 1:
+``layer: 2``; ``pruner.layer=0`` with ``importance=none`` is the literal Algorithm 1.
+
 Decisions where the paper is silent (Sec. 3.3 only says "by some local importance criterion,
 e.g. cross-attention or self-attention magnitude"):
 

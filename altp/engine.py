@@ -28,7 +28,7 @@ import numpy as np
 import torch
 from transformers.models.llama.modeling_llama import apply_rotary_pos_emb, repeat_kv
 
-from altp.pruning import PruneContext, Pruner
+from altp.pruning import NoPruning, PruneContext, Pruner
 
 
 @dataclass
@@ -167,7 +167,7 @@ class PruningEngine:
         self.model = model
         self.decoder = model.model
         self.layers = list(self.decoder.layers)
-        self.pruner = pruner or Pruner()
+        self.pruner = pruner or NoPruning()
         bad = [k for k in self.pruner.layers if k >= len(self.layers)]
         if bad:
             raise ValueError(f"pruner layer(s) {bad} out of range: the LLM has {len(self.layers)} layers")
@@ -243,10 +243,56 @@ class PruningEngine:
     @torch.no_grad()
     def generate(self, inputs: EngineInputs, max_new_tokens: int, eos_token_id: int | None = None,
                  return_logits: bool = False) -> GenerationOutput:
+        if "image" in self.pruner.needs and inputs.images is None:
+            raise ValueError(f"pruner {self.pruner.name!r} needs the image, but the model gave none")
         clock = _Clock(inputs.inputs_embeds.device)
         t0 = clock()
-        budgets = dict(zip(self.pruner.layers, self.pruner.stage_budgets(inputs.n_visual)))
         cache = _LayerKVCache(len(self.layers), max_new_tokens)
+        normed, layer_stages, kept, pruner_seconds = self._prefill(inputs, cache, clock)
+        prefill_logits = self.model.lm_head(normed) if return_logits else None
+        last_hidden = normed[:, -1]
+        logits = self.model.lm_head(last_hidden)
+        t_prefill = clock()
+
+        batch = normed.shape[0]
+        finished = torch.zeros(batch, dtype=torch.bool, device=normed.device)
+        lengths = torch.zeros(batch, dtype=torch.long, device=normed.device)
+        out_tokens, out_hidden, out_logits = [], [], []
+        for step in range(max_new_tokens):
+            token = logits.argmax(dim=-1)
+            if eos_token_id is not None:
+                token = token.masked_fill(finished, eos_token_id)
+            out_tokens.append(token)
+            out_hidden.append(last_hidden)
+            if return_logits:
+                out_logits.append(logits)
+            lengths += ~finished
+            if eos_token_id is not None:
+                finished |= token.eq(eos_token_id)
+            if step == max_new_tokens - 1 or bool(finished.all()):
+                break
+            last_hidden, logits = self._decode_step(token, step, layer_stages, cache)
+        t_end = clock()
+
+        return GenerationOutput(
+            tokens=torch.stack(out_tokens, 1), lengths=lengths.tolist(),
+            hidden=torch.stack(out_hidden, 1),
+            logits=torch.stack(out_logits, 1) if return_logits else None,
+            prefill_logits=prefill_logits,
+            visual_per_layer=[int(s.is_visual[0].sum()) for s in layer_stages],
+            tokens_per_layer=[int(s.valid[0].sum()) for s in layer_stages],
+            kept_grid_index=kept,
+            timing={"pruner": pruner_seconds, "prefill": t_prefill - t0, "decode": t_end - t_prefill,
+                    "decode_steps": len(out_tokens) - 1},
+        )
+
+    def _prefill(self, inputs: EngineInputs, cache: _LayerKVCache, clock: _Clock):
+        """All layers over the prompt, pruning at the pruner's layers.
+
+        Returns (final-norm hidden states of the last layer's tokens, the stage each layer ran
+        on, per-stage kept grid indices, seconds spent in the pruner).
+        """
+        budgets = dict(zip(self.pruner.layers, self.pruner.stage_budgets(inputs.n_visual)))
         stage = self._initial_stage(inputs)
         hidden, previous = inputs.inputs_embeds, None
         layer_stages, kept, pruner_seconds = [], [], 0.0
@@ -265,45 +311,7 @@ class PruningEngine:
             hidden = layer(hidden, attention_mask=stage.prefill_mask(), position_embeddings=cos_sin,
                            past_key_values=cache, use_cache=True)
             layer_stages.append(stage)
-        normed = self.decoder.norm(hidden)
-        prefill_logits = self.model.lm_head(normed) if return_logits else None
-        last_hidden = normed[:, -1]
-        logits = self.model.lm_head(last_hidden)
-        t_prefill = clock()
-
-        batch = hidden.shape[0]
-        finished = torch.zeros(batch, dtype=torch.bool, device=hidden.device)
-        lengths = [0] * batch
-        out_tokens, out_hidden, out_logits = [], [], []
-        for step in range(max_new_tokens):
-            token = logits.argmax(dim=-1)
-            if eos_token_id is not None:
-                token = token.masked_fill(finished, eos_token_id)
-            out_tokens.append(token)
-            out_hidden.append(last_hidden)
-            if return_logits:
-                out_logits.append(logits)
-            for b in range(batch):
-                if not finished[b]:
-                    lengths[b] += 1
-            if eos_token_id is not None:
-                finished |= token.eq(eos_token_id)
-            if bool(finished.all()) or step == max_new_tokens - 1:
-                break
-            last_hidden, logits = self._decode_step(token, step, layer_stages, cache)
-        t_end = clock()
-
-        return GenerationOutput(
-            tokens=torch.stack(out_tokens, 1), lengths=lengths,
-            hidden=torch.stack(out_hidden, 1),
-            logits=torch.stack(out_logits, 1) if return_logits else None,
-            prefill_logits=prefill_logits,
-            visual_per_layer=[int(s.is_visual[0].sum()) for s in layer_stages],
-            tokens_per_layer=[int(s.valid[0].sum()) for s in layer_stages],
-            kept_grid_index=kept,
-            timing={"pruner": pruner_seconds, "prefill": t_prefill - t0, "decode": t_end - t_prefill,
-                    "decode_steps": len(out_tokens) - 1},
-        )
+        return self.decoder.norm(hidden), layer_stages, kept, pruner_seconds
 
     def _decode_step(self, token, step, layer_stages, cache):
         """Run one generated token through every layer; returns (final-norm hidden, logits)."""

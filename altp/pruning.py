@@ -95,9 +95,9 @@ class PruneContext:
 
 
 class Pruner:
-    """Base class; the ``none`` pruner. Subclasses override ``layers``/``select`` and friends."""
+    """Base class: one stage at ``layer``. Subclasses set ``name`` and implement ``select``."""
 
-    name = "none"
+    name = ""
     needs: frozenset[str] = frozenset()
 
     def __init__(self, keep: float = 1.0, layer: int = 2, position_policy: str = "original",
@@ -114,7 +114,7 @@ class Pruner:
 
     @property
     def layers(self) -> tuple[int, ...]:
-        return () if self.name == "none" else (self.layer,)
+        return (self.layer,)
 
     def stage_budgets(self, n_visual: int) -> list[int]:
         """Visual tokens kept after each stage in ``layers`` (single stage: floor(keep * N))."""
@@ -135,3 +135,13 @@ def topk_sorted(scores: torch.Tensor, k: int) -> torch.Tensor:
     """
     order = torch.sort(scores, dim=-1, descending=True, stable=True).indices
     return order[..., :k].sort(dim=-1).values
+
+
+class NoPruning(Pruner):
+    """The ``none`` pruner: every layer sees every token (the unpruned upper bound)."""
+
+    name = "none"
+
+    @property
+    def layers(self) -> tuple[int, ...]:
+        return ()

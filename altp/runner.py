@@ -3,8 +3,8 @@
 ``run(cfg)`` is what ``python run.py ...`` calls for every (multi)run job:
 
 1. validate the config before anything heavy loads (``ConfigError``: one line, field + fix);
-2. derive the run directory from the config alone, so a rerun resumes and two configs never
-   collide; refuse to reuse a directory made with a different config unless ``overwrite=true``;
+2. derive the run directory from the config alone (every non-default setting that changes
+   results is in its name), so a rerun resumes and two configs never collide; refuse to reuse a directory made with a different config unless ``overwrite=true``;
 3. predict every image that has no ``predictions/<id>.json`` yet, batch by batch, each file
    written atomically; an image that fails goes to ``errors.jsonl`` and the run goes on;
 4. score the predictions (eval.gcg) and write ``metrics.json`` last.
@@ -15,6 +15,7 @@ uninterrupted one (timing aside).
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import resource
@@ -24,15 +25,13 @@ import traceback
 from dataclasses import replace
 from pathlib import Path
 
-import numpy as np
 import torch
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
-from pycocotools import mask as mask_utils
 from tqdm import tqdm
 
 from altp.data import synthetic
-from altp.data.grandf import GCGSplit, load_image, load_split
+from altp.data.grandf import GCGSplit, encode_mask, load_image, load_split
 from altp.engine import PruningEngine
 from altp.models.tiny_gcg import WEIGHTS_DIR
 from eval.flops import flops_ratio
@@ -98,20 +97,45 @@ def validate(cfg: DictConfig) -> None:
     if cfg.batch_size < 1 or cfg.max_new_tokens < 1:
         raise ConfigError("batch_size and max_new_tokens must be >= 1")
     try:
-        instantiate(cfg.pruner)  # cheap: checks the pruner's own parameters
+        pruner = instantiate(cfg.pruner)  # cheap: checks the pruner's own parameters
     except Exception as err:  # noqa: BLE001 - any constructor complaint is a config error
         cause = err.__cause__ or err
         raise ConfigError(f"pruner ({pruner_name(cfg)}): {cause}") from None
+    depth = cfg.model.llm.layers
+    if any(layer >= depth for layer in pruner.layers):
+        raise ConfigError(f"pruner acts at layer(s) {list(pruner.layers)} but {cfg.model.name}'s LLM has "
+                          f"{depth} layers (model.llm.layers); choose pruner.layer < {depth}")
+
+
+def run_variant(cfg: DictConfig, name: str) -> dict:
+    """Non-default settings that change results: pruner params, seed, generation, similarity."""
+    variant = pruner_overrides(cfg, name)
+    if "seed" in cfg.pruner and cfg.seed != 0:
+        variant["seed"] = cfg.seed
+    if cfg.max_new_tokens != cfg.model.max_new_tokens:
+        variant["max_new_tokens"] = cfg.max_new_tokens
+    if cfg.similarity != "mean_pool":
+        variant["similarity"] = cfg.similarity
+    if cfg.similarity_model is not None:
+        variant["similarity_model"] = _path_tag(cfg.similarity_model)
+    return variant
 
 
 def run_directory(cfg: DictConfig) -> Path:
     name = pruner_name(cfg)
-    params = ",".join(f"{k}={_short(v)}" for k, v in pruner_overrides(cfg, name).items())
+    params = ",".join(f"{k}={_short(v)}" for k, v in run_variant(cfg, name).items())
     limit = f"-limit{cfg.data.limit}" if cfg.data.get("limit") else ""
-    keep = effective_keep(cfg, name)
+    model = cfg.model.name + (f"[weights={_path_tag(cfg.model.weights)}]" if cfg.model.get("weights") else "")
     pruner = f"{name}[{params}]" if params else name
-    return (Path(cfg.output_root) / "runs" / f"{cfg.data.name}-{cfg.data.split}{limit}" / cfg.model.name
+    keep = effective_keep(cfg, name)
+    return (Path(cfg.output_root) / "runs" / f"{cfg.data.name}-{cfg.data.split}{limit}" / model
             / pruner / f"keep{keep:g}")
+
+
+def _path_tag(path: str) -> str:
+    """Folder name + a hash of its absolute path: readable, and two folders never collide."""
+    resolved = str(Path(path).resolve())
+    return f"{Path(resolved).name}-{hashlib.sha1(resolved.encode()).hexdigest()[:6]}"
 
 
 def _short(value) -> str:
@@ -160,11 +184,6 @@ def append_jsonl(path: Path, record: dict) -> None:
         os.fsync(handle.fileno())
 
 
-def encode_mask(mask: np.ndarray) -> dict:
-    rle = mask_utils.encode(np.asfortranarray(mask.astype(np.uint8)))
-    return {"size": [int(s) for s in rle["size"]], "counts": rle["counts"].decode("utf-8")}
-
-
 # --- data and model ----------------------------------------------------------------------
 def prepare_split(cfg: DictConfig) -> GCGSplit:
     data = cfg.data
@@ -175,15 +194,20 @@ def prepare_split(cfg: DictConfig) -> GCGSplit:
 
 
 def ensure_synthetic(root: Path, generate: dict) -> None:
+    """Write the synthetic dataset on first use; finish one that a killed run left half done."""
     wanted = synthetic.dataset_config(**generate)
     found = synthetic.read_dataset_config(root)
     if found == wanted:
         return
-    if found is not None or (root / "annotations").exists():
+    marker = root / ".generating"  # our own unfinished generation: safe to redo (deterministic)
+    if (found is not None or (root / "annotations").exists()) and not marker.exists():
         raise ConfigError(f"data.root={root} holds a different synthetic dataset; delete it or choose "
                           "another data.root")
     print(f"generating synthetic GranD-f into {root} (first use) ...", flush=True)
+    root.mkdir(parents=True, exist_ok=True)
+    marker.touch()
     synthetic.write_dataset(root, **generate)
+    marker.unlink()
 
 
 def load_model(cfg: DictConfig, device: torch.device):
@@ -228,8 +252,13 @@ def run(cfg: DictConfig) -> dict:
     split = prepare_split(cfg)
     device = pick_device(cfg.device)
     model = load_model(cfg, device)
+    if len(model.llm.model.layers) != cfg.model.llm.layers:
+        raise ConfigError(f"model.llm.layers={cfg.model.llm.layers} but the loaded LLM has "
+                          f"{len(model.llm.model.layers)} layers; set model.llm.layers to match")
     pruner = instantiate(cfg.pruner)
     engine = PruningEngine(model.llm, pruner)
+    if torch.cuda.is_available():
+        torch.cuda.reset_peak_memory_stats()
     pred_dir = run_dir / "predictions"
     todo = [img.image_id for img in split if not (pred_dir / f"{img.image_id}.json").exists()]
     bar = tqdm(total=len(split), initial=len(split) - len(todo), desc=run_dir.name,
@@ -264,17 +293,19 @@ def summarise(cfg, name, pruner, model, split, run_dir: Path, scores: dict) -> d
     failed -= {p.stem for p in (run_dir / "predictions").glob("*.json")}
     n_visual = model.n_visual
     llm = model.llm.config
+    kept_tokens = pruner.stage_budgets(n_visual) if pruner.layers else [n_visual]
     schedule = batches[0]["tokens_per_layer"] if batches else []
+    # the unpruned prompt length: layer 0 may already run on fewer tokens (K = 0 pruners)
+    full = schedule[0] - batches[0]["visual_per_layer"][0] + n_visual if schedule else 0
     return {
         "model": cfg.model.name, "data": cfg.data.name, "split": cfg.data.split, "limit": cfg.data.get("limit"),
         "pruner": name,
         "pruner_params": pruner.describe() | pruner_overrides(cfg, name),
-        "keep": effective_keep(cfg, name), "visual_tokens": n_visual,
-        "kept_tokens": pruner.stage_budgets(n_visual) if pruner.layers else [n_visual],
+        "variant": run_variant(cfg, name), "keep": effective_keep(cfg, name), "visual_tokens": n_visual,
+        "kept_tokens": kept_tokens,
         "prune_layers": list(pruner.layers), "n_images": len(split), "n_failed": len(failed),
         **{k: scores[k] for k in ("METEOR", "CIDEr", "AP50", "mIoU", "recall")},
-        "flops_ratio": flops_ratio(schedule, schedule[0], llm.hidden_size, llm.intermediate_size)
-        if schedule else None,
+        "flops_ratio": flops_ratio(schedule, full, llm.hidden_size, llm.intermediate_size) if schedule else None,
         "tokens_per_layer": schedule,
         "visual_per_layer": batches[0]["visual_per_layer"] if batches else [],
         "timing": timing_summary(batches),
@@ -302,16 +333,18 @@ def timing_summary(batches: list[dict]) -> dict:
         return round(1e3 * statistics.median(values), 3)
 
     per_image = [(b, len(b["images"])) for b in measured]
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB -> MiB on Linux
-    if torch.cuda.is_available():
-        peak = torch.cuda.max_memory_allocated() / 2**20
+    if torch.cuda.is_available():  # reset when the run's prediction loop started
+        memory = {"peak_gpu_memory_mib": round(torch.cuda.max_memory_allocated() / 2**20, 1)}
+    else:  # CPU: the process's peak resident set (includes loading and earlier sweep jobs)
+        memory = {"peak_process_rss_mib": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)}
     return {
         "pruner_ms_per_image": median([b["pruner"] / n for b, n in per_image]),
         "prefill_ms_per_image": median([b["prefill"] / n for b, n in per_image]),
         "decode_ms_per_token": median([b["decode"] / max(1, b["decode_steps"]) for b, _ in per_image]),
         "end_to_end_ms_per_image": median([b["end_to_end"] / n for b, n in per_image]),
-        "batches_measured": len(measured), "peak_memory_mib": round(peak, 1),
-        "note": "per-image values are batch times divided by the batch size; decode is per batch step",
+        "batches_measured": len(measured), **memory,
+        "note": "per-image values are batch times divided by the batch size; prefill includes the "
+                "pruner; decode is per batch step",
     }
 
 

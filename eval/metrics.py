@@ -99,7 +99,8 @@ def ap50(mask_gt: dict, results: list[dict], image_ids: Sequence[str]) -> float:
 
     ``results``: ``{"image_id", "category_id": 1, "segmentation", "score": 1.0}`` in prediction
     order (equal scores: the stable sort ranks by that order). ``image_ids``: every evaluated GT
-    image; ids absent from the mask GT ``images`` are added so results on them load (GLaMM's
+    image (the full split in GLaMM's protocol; a ``data.limit`` subset scores only its images);
+    ids absent from the mask GT ``images`` are added so results on them load (GLaMM's
     ``loadRes`` would assert). The caller's ``mask_gt`` is not modified: pycocotools writes
     ``ignore`` into GT annotations, so it gets copies, plus the ``info`` key that pycocotools
     2.0.9/2.0.10 require and ``iscrowd=0`` / RLE ``area`` where an annotation lacks them.
@@ -120,6 +121,7 @@ def ap50(mask_gt: dict, results: list[dict], image_ids: Sequence[str]) -> float:
         coco_gt.createIndex()
         coco_eval = COCOeval(coco_gt, coco_gt.loadRes([dict(r) for r in results]), "segm")
         coco_eval.params.catIds = [1]
+        coco_eval.params.imgIds = list(image_ids)  # = every GT image for a full split, as GLaMM
         coco_eval.evaluate()
         coco_eval.accumulate()
         coco_eval.summarize()

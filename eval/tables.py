@@ -11,8 +11,8 @@ paper's own numbers (eval.paper_numbers) follow each of our rows, marked "(paper
 * Table 3: DDC-only vs ALTP at keep 0.1 / 0.25 / 0.5.
 * Table 4: ALTP at keep 0.1 over SLIC's N (at C = 5) and C (at N = 10).
 
-Only runs with default pruner parameters enter Tables 1-3; Table 4 reads n_segments and
-compactness from the runs' pruner_params. The CSV holds every cell in long form.
+Only runs with default settings (an empty ``variant`` in metrics.json) enter Tables 1-3;
+Table 4 also takes runs that vary only n_segments / compactness. The CSV holds every cell in long form.
 """
 
 from __future__ import annotations
@@ -43,8 +43,7 @@ def load_runs(runs_dir: Path) -> list[dict]:
     runs = []
     for path in sorted(runs_dir.glob("**/metrics.json")):
         metrics = json.loads(path.read_text())
-        pruner_dir = path.parent.parent.name  # "altp" or "altp[n_segments=7]"
-        metrics["default_params"] = "[" not in pruner_dir
+        metrics["default_params"] = not metrics.get("variant")
         limit = metrics.get("limit")
         metrics["section"] = f"{metrics['model']} on {metrics['data']}" + (f" (first {limit} images)" if limit else "")
         runs.append(metrics)
@@ -80,36 +79,25 @@ def _paper_cells(row: dict, metrics, flops: bool) -> list[str]:
 
 def kept_label(runs: dict, section: str, keep: float) -> str:
     for (sec, _, k, _), run in runs.items():
-        if sec == section and k == keep and run["pruner"] != "none":
-            return f"Retain {int(keep * run['visual_tokens'])} tokens (↓{100 - 100 * keep:.0f}%)"
+        if sec == section and k == keep and len(run["kept_tokens"]) == 1 and run["pruner"] != "none":
+            return f"Retain {run['kept_tokens'][0]} tokens (↓{100 - 100 * keep:.0f}%)"
     return f"keep {keep:g} (↓{100 - 100 * keep:.0f}%)"
 
 
+def _columns(metrics, flops: bool) -> list[str]:
+    return ["Method"] + (["FLOPs"] if flops else []) + [f"{s} {m}" for s in SPLITS for m in metrics]
+
+
 def build_table(number: int, runs: list[dict]) -> tuple[list[str], list[tuple[str, list[str]]]]:
-    """(columns, rows); a row with no cells is a group heading."""
-    by_key = index(runs)
-    sections = sorted({r["section"] for r in runs})
+    """Tables 1-3: (columns, rows); a row with no cells is a group heading."""
     if number == 4:
-        metrics, flops = GROUNDING, False
-    else:
-        spec = SPECS[number]
-        metrics, flops = spec["metrics"], spec["flops"]
-    columns = ["Method"] + (["FLOPs"] if flops else []) + [f"{s} {m}" for s in SPLITS for m in metrics]
+        return build_table4(runs)
+    spec, by_key = SPECS[number], index(runs)
+    metrics, flops = spec["metrics"], spec["flops"]
     rows: list[tuple[str, list[str]]] = []
-    for section in sections:
-        model = section.split(" on ")[0]
-        paper = PAPER[number].get(model)
+    for section in sorted({r["section"] for r in runs}):
+        paper = PAPER[number].get(section.split(" on ")[0])
         rows.append((section, []))
-        if number == 4:
-            for n_segments, compactness in TABLE4_ROWS:
-                found = {r["split"]: r for r in runs if r["section"] == section and r["pruner"] == "altp"
-                         and float(r["keep"]) == 0.1
-                         and r["pruner_params"].get("n_segments") == n_segments
-                         and r["pruner_params"].get("compactness") == compactness}
-                rows.append((f"ALTP N={n_segments} C={compactness}", _cells(found, metrics, flops)))
-                if paper:
-                    rows.append(("  (paper)", _paper_cells(paper[(n_segments, compactness)], metrics, flops)))
-            continue
         groups = ([("Upper bound", [("none", 1.0)])] if spec["upper"] else []) + [
             (kept_label(by_key, section, keep), [(m, keep) for m in spec["methods"]]) for keep in spec["keeps"]]
         for heading, members in groups:
@@ -118,8 +106,26 @@ def build_table(number: int, runs: list[dict]) -> tuple[list[str], list[tuple[st
                 found = {s: by_key[(section, method, keep, s)] for s in SPLITS if (section, method, keep, s) in by_key}
                 rows.append((NAMES.get(method, method), _cells(found, metrics, flops)))
                 if paper and (method, keep) in paper:
-                    rows.append(("  (paper)", _paper_cells(paper[(method, keep)], metrics, flops)))
-    return columns, rows
+                    rows.append(("(paper)", _paper_cells(paper[(method, keep)], metrics, flops)))
+    return _columns(metrics, flops), rows
+
+
+def build_table4(runs: list[dict]) -> tuple[list[str], list[tuple[str, list[str]]]]:
+    """ALTP at keep 0.1 per (N, C); runs may differ from the defaults only in those two."""
+    rows: list[tuple[str, list[str]]] = []
+    for section in sorted({r["section"] for r in runs}):
+        paper = PAPER[4].get(section.split(" on ")[0])
+        rows.append((section, []))
+        for n_segments, compactness in TABLE4_ROWS:
+            found = {r["split"]: r for r in runs if r["section"] == section and r["pruner"] == "altp"
+                     and float(r["keep"]) == 0.1
+                     and set(r.get("variant", {})) <= {"n_segments", "compactness"}
+                     and r["pruner_params"].get("n_segments") == n_segments
+                     and r["pruner_params"].get("compactness") == compactness}
+            rows.append((f"ALTP N={n_segments} C={compactness}", _cells(found, GROUNDING, False)))
+            if paper:
+                rows.append(("(paper)", _paper_cells(paper[(n_segments, compactness)], GROUNDING, False)))
+    return _columns(GROUNDING, False), rows
 
 
 def to_markdown(columns, rows) -> str:

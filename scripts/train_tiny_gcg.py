@@ -5,7 +5,11 @@
 Loss = next-token cross entropy on the answer ("The image shows a <p> small red circle </p>
 [SEG] ...", then </s>) + mask loss (BCE + Dice) for every [SEG], whose query is the final-norm
 hidden state of the position that *produced* [SEG] — exactly what the engine hands the mask
-head at inference. Deterministic for a seed (data stream and initialisation).
+head at inference — + a dense auxiliary loss on the vision encoder's tokens: each token
+classifies the size, colour and shape of the object covering most of its patch (or
+background). GLaMM starts from a pretrained CLIP; this auxiliary head plays that role for an
+encoder trained from scratch (without it the LLM sat at the image-blind caption entropy for
+hundreds of steps). The head is training-only and not shipped. Deterministic for a seed.
 """
 
 from __future__ import annotations
@@ -22,12 +26,39 @@ import torch
 import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from altp.data.synthetic import VOCAB, iter_training_samples  # noqa: E402
+from altp.data.synthetic import COLOURS, SHAPES, SIZES, VOCAB, iter_training_samples  # noqa: E402
 from altp.models.tiny_gcg import WEIGHTS_DIR, TinyGCG, TinyGCGConfig  # noqa: E402
+
+ATTRIBUTES = (list(SIZES), sorted(COLOURS), list(SHAPES))  # class 0 of each = background
+
+
+def token_labels(sample, grid: int) -> torch.Tensor:
+    """[3, grid*grid] size/colour/shape class of the object covering most of each token's patch."""
+    n, height, width = sample.masks.shape
+    cover = sample.masks.reshape(n, grid, height // grid, grid, width // grid).mean(axis=(2, 4))
+    owner = cover.argmax(0).reshape(-1)
+    present = cover.max(0).reshape(-1) > 0.5
+    labels = torch.zeros(3, grid * grid, dtype=torch.long)
+    for obj, phrase in enumerate(sample.phrases):
+        for row, (words, word) in enumerate(zip(ATTRIBUTES, phrase.split())):
+            labels[row, torch.from_numpy((owner == obj) & present)] = words.index(word) + 1
+    return labels
+
+
+class TokenAttributeHead(torch.nn.Module):
+    """Training-only: per-token size/colour/shape logits from the vision encoder's tokens."""
+
+    def __init__(self, dim: int):
+        super().__init__()
+        self.heads = torch.nn.ModuleList(torch.nn.Linear(dim, len(words) + 1) for words in ATTRIBUTES)
+
+    def loss(self, tokens: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        return sum(F.cross_entropy(head(tokens).flatten(0, 1), labels[:, row].flatten())
+                   for row, head in enumerate(self.heads)) / len(self.heads)
 
 
 def make_batch(model: TinyGCG, samples):
-    """Pixels, right-padded answer ids (+EOS), and the GT masks of every [SEG] in order."""
+    """Pixels, right-padded answer ids (+EOS), GT masks of every [SEG] in order, token labels."""
     tok = model.tokenizer
     answers = [tok.encode(s.answer) + [tok.eos_id] for s in samples]
     width = max(map(len, answers))
@@ -35,11 +66,13 @@ def make_batch(model: TinyGCG, samples):
     for b, answer in enumerate(answers):
         ids[b, :len(answer)] = torch.tensor(answer)
     masks = torch.from_numpy(np.concatenate([s.masks for s in samples])).float()
-    return model.pixels([s.image for s in samples]), ids, masks
+    labels = torch.stack([token_labels(s, model.cfg.grid) for s in samples])
+    return model.pixels([s.image for s in samples]), ids, masks, labels
 
 
-def loss_terms(model: TinyGCG, pixels, answer_ids, gt_masks):
-    embeds, _, features = model.embed_prompt(pixels, answer_ids)
+def loss_terms(model: TinyGCG, aux: TokenAttributeHead, pixels, answer_ids, gt_masks, labels):
+    tokens, features = model.vision(pixels)
+    embeds, _, _ = model.embed_prompt(pixels, answer_ids, encoded=(tokens, features))
     hidden = model.llm.model(inputs_embeds=embeds).last_hidden_state  # final norm applied
     prompt_len = embeds.shape[1] - answer_ids.shape[1]
     producing = hidden[:, prompt_len - 1:-1]  # position i produces answer token i
@@ -53,7 +86,7 @@ def loss_terms(model: TinyGCG, pixels, answer_ids, gt_masks):
     prob = pred.sigmoid().flatten(1)
     target_masks = gt_masks.flatten(1)
     dice = 1 - (2 * (prob * target_masks).sum(1) + 1) / (prob.sum(1) + target_masks.sum(1) + 1)
-    return lm_loss, bce, dice.mean()
+    return lm_loss, bce, dice.mean(), aux.loss(tokens, labels)
 
 
 def main(argv=None):
@@ -70,7 +103,8 @@ def main(argv=None):
     torch.manual_seed(args.seed)
     torch.set_num_threads(args.threads)
     model = TinyGCG(TinyGCGConfig(vocab=list(VOCAB))).train()
-    optimizer = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=0.01)
+    aux = TokenAttributeHead(model.cfg.token_dim)
+    optimizer = torch.optim.AdamW([*model.parameters(), *aux.parameters()], lr=args.lr, weight_decay=0.01)
     warmup = max(1, args.steps // 20)
 
     def schedule(step):  # linear warm-up, cosine decay to 10 %
@@ -82,9 +116,9 @@ def main(argv=None):
     stream = iter_training_samples(args.seed, image_size=model.cfg.image_size)
     start = time.time()
     for step in range(args.steps):
-        pixels, answer_ids, gt_masks = make_batch(model, [next(stream) for _ in range(args.batch)])
-        lm_loss, bce, dice = loss_terms(model, pixels, answer_ids, gt_masks)
-        loss = lm_loss + bce + dice
+        batch = make_batch(model, [next(stream) for _ in range(args.batch)])
+        lm_loss, bce, dice, token_loss = loss_terms(model, aux, *batch)
+        loss = lm_loss + bce + dice + token_loss
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
@@ -92,6 +126,7 @@ def main(argv=None):
         lr_schedule.step()
         if step % 25 == 0 or step == args.steps - 1:
             print(f"step {step:5d}  lm {lm_loss.item():.4f}  bce {bce.item():.4f}  dice {dice.item():.4f}  "
+                  f"tokens {token_loss.item():.4f}  "
                   f"{time.time() - start:7.1f}s", flush=True)
         if args.save_every and step and step % args.save_every == 0:
             model.eval().save(args.out, card(args, argv, model, start, step))

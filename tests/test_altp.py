@@ -27,7 +27,7 @@ from altp.ddf import (
     water_fill,
 )
 from altp.engine import EngineInputs, PruningEngine
-from altp.pruning import Pruner, visual_budget
+from altp.pruning import NoPruning, visual_budget
 
 LAYERS, STEPS, SIZE = 4, 2, 96
 GRIDS = [(24, 24), (16, 16)]
@@ -251,7 +251,7 @@ def test_options_keep_exactly_the_budget(model, options):
 
 def test_keep_one_changes_nothing(model):
     inputs = batch(model, (16, 16))
-    unpruned = PruningEngine(model, Pruner()).generate(inputs, STEPS)
+    unpruned = PruningEngine(model, NoPruning()).generate(inputs, STEPS)
     assert torch.equal(PruningEngine(model, ALTP(keep=1.0)).generate(inputs, STEPS).tokens,
                        unpruned.tokens)
 

@@ -15,7 +15,7 @@ from llama_fixtures import embedded_batch, tiny_llama
 from omegaconf import OmegaConf
 
 from altp.engine import EngineInputs, PruningEngine
-from altp.pruning import PruneContext, Pruner, visual_budget
+from altp.pruning import NoPruning, PruneContext, Pruner, visual_budget
 from baselines.dart import DART
 from baselines.divprune import DivPrune, max_min_diverse
 from baselines.fastv import FastV
@@ -50,7 +50,7 @@ def prompts(model):
     prompts = {}
     for grid in GRIDS:
         inputs = embedded_batch(model, [PREFIX], suffix_len=SUFFIX, grid=grid)
-        prompts[grid] = inputs, PruningEngine(model, Pruner()).generate(inputs, STEPS).tokens
+        prompts[grid] = inputs, PruningEngine(model, NoPruning()).generate(inputs, STEPS).tokens
     return prompts
 
 

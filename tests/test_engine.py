@@ -12,7 +12,7 @@ import torch
 from llama_fixtures import embedded_batch, tiny_llama
 
 from altp.engine import EngineInputs, PruningEngine
-from altp.pruning import PruneContext, Pruner, topk_sorted, visual_budget
+from altp.pruning import NoPruning, PruneContext, Pruner, topk_sorted, visual_budget
 
 STEPS = 20
 
@@ -30,38 +30,49 @@ class TopAttention(Pruner):
         return topk_sorted(ctx.importance(self.signal), ctx.budget)
 
 
-def reference_logits(model, inputs: EngineInputs, generated, kept_grid, layer, policy):
+class TwoStages(TopAttention):
+    """Test pruner: PDrop-like, halving the visual tokens at two layers."""
+
+    name = "two_stages"
+
+    @property
+    def layers(self):
+        return (1, 3)
+
+    def stage_budgets(self, n_visual):
+        return [n_visual // 2, n_visual // 4]
+
+
+def reference_logits(model, inputs: EngineInputs, generated, stages, policy):
     """Full-sequence recompute (no cache) of prompt + generated tokens, single sample.
 
-    Layers >= ``layer`` cannot attend to pruned visual columns; positions there follow the
-    policy: original ids, or ranks among the surviving tokens (renumber).
+    ``stages``: (layer, kept grid indices) per pruning stage. From each stage's layer on, no
+    token attends to visual columns pruned so far; positions there follow the policy: original
+    ids, or ranks among the surviving tokens (renumber).
     """
     embeds = torch.cat([inputs.inputs_embeds[0], model.model.embed_tokens(generated[:-1])])[None]
     n = embeds.shape[1]
     start = int(inputs.visual_start[0])
-    survives = torch.ones(n, dtype=torch.bool)
-    if kept_grid is not None:
-        survives[start:start + inputs.n_visual] = False
-        survives[start + kept_grid] = True
     causal = torch.ones(n, n, dtype=torch.bool).tril()
     eye = torch.eye(n, dtype=torch.bool)
-    full_mask = causal[None, None]
-    pruned_mask = ((causal & survives[None, :]) | eye)[None, None]
-    full_pos = torch.arange(n)[None]
-    pruned_pos = full_pos if policy == "original" else (survives.long().cumsum(0) - 1)[None]
+    survives = torch.ones(n, dtype=torch.bool)
+    starts = {layer: kept for layer, kept in stages}
     hidden = embeds
     for idx, block in enumerate(model.model.layers):
-        pruned = kept_grid is not None and idx >= layer
-        pos = pruned_pos if pruned else full_pos
-        hidden = block(hidden, attention_mask=pruned_mask if pruned else full_mask,
-                       position_embeddings=model.model.rotary_emb(hidden, pos))
+        if idx in starts:
+            survives = survives.clone()
+            survives[start:start + inputs.n_visual] = False
+            survives[start + starts[idx]] = True
+        mask = ((causal & survives[None, :]) | eye)[None, None]
+        pos = torch.arange(n) if policy == "original" else survives.long().cumsum(0) - 1
+        hidden = block(hidden, attention_mask=mask, position_embeddings=model.model.rotary_emb(hidden, pos[None]))
     return model.lm_head(model.model.norm(hidden))[0], survives
 
 
 def test_keep_one_reproduces_unpruned_model():
     model = tiny_llama()
     inputs = embedded_batch(model, [3])
-    for pruner in (Pruner(), TopAttention(keep=1.0, layer=2)):
+    for pruner in (NoPruning(), TopAttention(keep=1.0, layer=2)):
         out = PruningEngine(model, pruner).generate(inputs, STEPS, return_logits=True)
         assert out.tokens.shape[1] == STEPS
         embeds = torch.cat([inputs.inputs_embeds[0], model.model.embed_tokens(out.tokens[0, :-1])])
@@ -71,6 +82,10 @@ def test_keep_one_reproduces_unpruned_model():
         torch.testing.assert_close(out.prefill_logits[0], expected[:prompt], atol=1e-5, rtol=0)
         torch.testing.assert_close(out.logits[0], expected[prompt - 1:], atol=1e-5, rtol=0)
         assert out.visual_per_layer == [16] * 4 and out.kept_grid_index == []
+        # hidden[:, t] is the final-norm state of the position that produced token t ([SEG] rule)
+        with torch.no_grad():
+            states = model.model(inputs_embeds=embeds[None]).last_hidden_state[0]
+        torch.testing.assert_close(out.hidden[0], states[prompt - 1:], atol=1e-5, rtol=0)
 
 
 @pytest.mark.parametrize("policy", ["original", "renumber"])
@@ -83,12 +98,29 @@ def test_dropping_equals_masked_reference(policy, layer, signal):
     kept = out.kept_grid_index[0][0]
     assert kept.numel() == visual_budget(0.25, 16) == 4
     with torch.no_grad():
-        expected, survives = reference_logits(model, inputs, out.tokens[0], kept, layer, policy)
+        expected, survives = reference_logits(model, inputs, out.tokens[0], [(layer, kept)], policy)
     prompt = inputs.inputs_embeds.shape[1]
     torch.testing.assert_close(out.logits[0], expected[prompt - 1:], atol=1e-5, rtol=0)
     torch.testing.assert_close(out.prefill_logits[0], expected[:prompt][survives[:prompt]],
                                atol=1e-5, rtol=0)
     assert out.visual_per_layer == [16] * layer + [4] * (4 - layer)
+
+
+@pytest.mark.parametrize("policy", ["original", "renumber"])
+@pytest.mark.parametrize("signal", ["attn_prev", "attn_next"])
+def test_two_stages_equal_masked_reference(policy, signal):
+    """PDrop-shaped: per-stage decode positions, attn_prev read through an already pruned stage."""
+    model = tiny_llama()
+    inputs = embedded_batch(model, [4], grid=(4, 4))
+    out = PruningEngine(model, TwoStages(signal=signal, position_policy=policy)).generate(
+        inputs, STEPS, return_logits=True)
+    first, second = out.kept_grid_index[0][0], out.kept_grid_index[1][0]
+    assert (first.numel(), second.numel()) == (8, 4) and set(second.tolist()) <= set(first.tolist())
+    assert out.visual_per_layer == [16, 8, 8, 4]
+    with torch.no_grad():
+        expected, _ = reference_logits(model, inputs, out.tokens[0], [(1, first), (3, second)], policy)
+    prompt = inputs.inputs_embeds.shape[1]
+    torch.testing.assert_close(out.logits[0], expected[prompt - 1:], atol=1e-5, rtol=0)
 
 
 @pytest.mark.parametrize("policy", ["original", "renumber"])

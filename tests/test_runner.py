@@ -4,6 +4,7 @@ A randomly initialised tiny_gcg (saved to tmp) stands in for the trained one: th
 the plumbing, not the scores. Synthetic data are generated into tmp on first use.
 """
 
+import hashlib
 import json
 import os
 import signal
@@ -19,6 +20,7 @@ from hydra import compose, initialize_config_dir
 from altp.data.synthetic import VOCAB
 from altp.models.tiny_gcg import TinyGCG, TinyGCGConfig
 from altp.runner import ConfigError, run, run_directory, validate, write_json_atomic
+from eval.flops import flops_ratio
 
 ROOT = Path(__file__).resolve().parents[1]
 CONTRACT_KEYS = {"model", "data", "split", "pruner", "pruner_params", "keep", "visual_tokens", "kept_tokens",
@@ -38,7 +40,7 @@ def workspace(tmp_path_factory):
 def overrides(ws: Path, *extra: str) -> list[str]:
     generate = [] if "data=grandf" in extra else ["data.generate.n_val=6", "data.generate.n_test=2"]
     return [f"model.weights={ws / 'weights'}", f"data.root={ws / 'synthetic'}", f"output_root={ws / 'out'}",
-            "max_new_tokens=6", "batch_size=2", "progress=false", *generate, *extra]
+            "model.max_new_tokens=6", "batch_size=2", "progress=false", *generate, *extra]
 
 
 def compose_cfg(*args: str):
@@ -47,13 +49,17 @@ def compose_cfg(*args: str):
 
 
 def test_run_directory_names_the_config(workspace):
-    base = Path(str(workspace / "out")) / "runs" / "synthetic-val" / "tiny_gcg"
+    base = Path(str(workspace / "out")) / "runs" / "synthetic-val" / "tiny_gcg[weights=weights-{}]".format(
+        hashlib.sha1(str((workspace / "weights").resolve()).encode()).hexdigest()[:6])
     assert run_directory(compose_cfg(*overrides(workspace))) == base / "none" / "keep1"
     assert run_directory(compose_cfg(*overrides(workspace, "keep=0.1"))) == base / "none" / "keep1"
     assert run_directory(compose_cfg(*overrides(workspace, "pruner=altp", "keep=0.1"))) == base / "altp" / "keep0.1"
     named = run_directory(compose_cfg(*overrides(workspace, "pruner=altp", "keep=0.25",
                                                  "pruner.n_segments=7", "data.limit=3")))
-    assert named.parts[-4:] == ("synthetic-val-limit3", "tiny_gcg", "altp[n_segments=7]", "keep0.25")
+    assert named.parts[-4:] == ("synthetic-val-limit3", base.name, "altp[n_segments=7]", "keep0.25")
+    seeded = run_directory(compose_cfg(*overrides(workspace, "pruner=random", "keep=0.1", "seed=3")))
+    assert seeded.parts[-2:] == ("random[seed=3]", "keep0.1")
+    assert run_directory(compose_cfg(*overrides(workspace, "seed=3"))).parts[-2] == "none"  # none has no seed
 
 
 @pytest.mark.parametrize("extra,field", [(["keep=1.5"], "keep"), (["data.split=train"], "data.split"),
@@ -63,6 +69,11 @@ def test_run_directory_names_the_config(workspace):
 def test_validate_names_the_field(workspace, extra, field):
     with pytest.raises(ConfigError, match=field.replace(".", r"\.")):
         validate(compose_cfg(*overrides(workspace, *extra)))
+
+
+def test_layer_beyond_the_llm_is_a_config_error(workspace):
+    with pytest.raises(ConfigError, match="model.llm.layers"):
+        validate(compose_cfg(*overrides(workspace, "pruner=fastv", "pruner.layer=6")))
 
 
 def test_missing_weights_named(workspace):
@@ -92,12 +103,23 @@ def test_end_to_end_resume_and_refusal(workspace):
     assert not list(run_dir.glob("**/.*.tmp"))
     # a rerun of the same config does nothing new
     assert run(cfg) == metrics
-    # the same directory with a different identity is refused, then discarded on request
-    changed = compose_cfg(*overrides(workspace, "pruner=fastv", "keep=0.25", "max_new_tokens=5"))
+    # a changed model default lands in the same directory: refused, then discarded on request
+    changed = compose_cfg(*overrides(workspace, "pruner=fastv", "keep=0.25", "model.max_new_tokens=5"))
+    assert run_directory(changed) == run_dir
     with pytest.raises(ConfigError, match="max_new_tokens"):
         run(changed)
-    changed = compose_cfg(*overrides(workspace, "pruner=fastv", "keep=0.25", "max_new_tokens=5", "overwrite=true"))
+    changed = compose_cfg(*overrides(workspace, "pruner=fastv", "keep=0.25", "model.max_new_tokens=5",
+                                     "overwrite=true"))
     assert run(changed)["max_new_tokens"] == 5
+
+
+def test_flops_of_a_pruner_before_the_llm(workspace):
+    metrics = run(compose_cfg(*overrides(workspace, "pruner=divprune", "keep=0.25", "data.limit=2")))
+    assert metrics["n_images"] == 2 and metrics["prune_layers"] == [0]
+    assert metrics["visual_per_layer"] == [144] * 6
+    # the reference is the unpruned prompt, not layer 0's (already pruned) input
+    text = metrics["tokens_per_layer"][0] - 144
+    assert metrics["flops_ratio"] == pytest.approx(flops_ratio([text + 144] * 6, text + 576, 128, 384))
 
 
 def test_corrupt_image_is_recorded_and_the_run_goes_on(workspace, tmp_path):

@@ -21,6 +21,7 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
 from PIL import Image, UnidentifiedImageError
 from pycocotools import mask as mask_utils
 
@@ -113,6 +114,12 @@ def load_image(path: str | Path) -> Image.Image:
         raise GranDfError(
             f"{path}: cannot read the image ({message}); re-extract it from the GranD-f image zip"
         ) from None
+
+
+def encode_mask(mask: np.ndarray) -> dict:
+    """Binary H x W mask -> COCO compressed RLE with a str ``counts`` (the GT/prediction format)."""
+    rle = mask_utils.encode(np.asfortranarray(mask.astype(np.uint8)))
+    return {"size": [int(s) for s in rle["size"]], "counts": rle["counts"].decode("utf-8")}
 
 
 def gt_json(images: Sequence[GTImage]) -> tuple[dict, dict]:

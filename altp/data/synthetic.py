@@ -32,8 +32,9 @@ from typing import NamedTuple
 
 import numpy as np
 from PIL import Image
-from pycocotools import mask as mask_utils
 from skimage import draw, filters
+
+from altp.data.grandf import GTImage, encode_mask, gt_json
 
 TOKEN_GRID = 24  # the tiny vision model's token grid side: image sides must be multiples of it
 MIN_IMAGE_SIZE = 96  # below this the smallest objects (5 % of the side) shrink under 5 px
@@ -277,34 +278,19 @@ def write_split(
     validate_config(image_size, min_objects, max_objects)
     image_dir = Path(out_dir) / "images" / "val_test"
     image_dir.mkdir(parents=True, exist_ok=True)
-    images, captions, masks = [], [], []
+    images = []
     for index in range(n_images):
         stem = f"syn_{split}_{index:06d}"
         sample = render_scene(scene_seed(seed, split, index), image_size, min_objects, max_objects)
         _write_atomic(image_dir / f"{stem}.jpg", sample.jpeg)
-        images.append(
-            {"id": stem, "file_name": f"{stem}.jpg", "height": image_size, "width": image_size}
-        )
-        captions.append(
-            {"id": index + 1, "image_id": stem, "caption": sample.caption, "labels": sample.phrases}
-        )
-        for mask in sample.masks:
-            rle = mask_utils.encode(np.asfortranarray(mask.astype(np.uint8)))
-            masks.append({
-                "id": len(masks) + 1,
-                "image_id": stem,
-                "category_id": 1,
-                "segmentation": {"size": list(rle["size"]), "counts": rle["counts"].decode()},
-                "area": float(mask_utils.area(rle)),
-                "bbox": mask_utils.toBbox(rle).tolist(),
-                "iscrowd": 0,
-            })
+        images.append(GTImage(stem, f"{stem}.jpg", image_size, image_size, sample.caption,
+                              sample.phrases, [encode_mask(mask) for mask in sample.masks]))
     caption_gt, mask_gt = gt_paths(out_dir, split)
     caption_gt.parent.mkdir(parents=True, exist_ok=True)
-    _write_json(caption_gt, {"images": images, "annotations": captions})
-    categories = [{"id": 1, "name": "object"}]
-    _write_json(mask_gt, {"images": images, "annotations": masks, "categories": categories})
-    return SplitSummary(split, n_images, len(masks), caption_gt, mask_gt)
+    for path, content in zip((caption_gt, mask_gt), gt_json(images)):
+        _write_json(path, content)
+    n_masks = sum(len(image.masks) for image in images)
+    return SplitSummary(split, n_images, n_masks, caption_gt, mask_gt)
 
 
 def dataset_config(n_val=200, n_test=400, seed=0, image_size=192, min_objects=1, max_objects=6):

@@ -45,10 +45,12 @@ class GCGPrediction:
 
 
 class WordTokenizer:
-    """Space-separated words <-> ids over a fixed vocabulary (special tokens first)."""
+    """Space-separated words <-> ids: special tokens, the content words, then the prompt's words."""
 
     def __init__(self, words: list[str]):
-        self.vocab = list(SPECIAL_TOKENS) + [w for w in words if w not in SPECIAL_TOKENS]
+        prompt_words = f"{SYSTEM_TEXT} {INSTRUCTION}".split()
+        self.vocab = list(SPECIAL_TOKENS) + list(dict.fromkeys(
+            w for w in [*words, *prompt_words] if w not in SPECIAL_TOKENS))
         self.ids = {w: i for i, w in enumerate(self.vocab)}
         self.pad_id, self.bos_id, self.eos_id, self.unk_id = 0, 1, 2, 3
         self.image_id = self.ids["<image>"]
@@ -152,13 +154,14 @@ class TinyGCG(nn.Module):
         array = np.stack(images).astype(np.float32) / 255.0
         return (torch.from_numpy(array).permute(0, 3, 1, 2) - PIXEL_MEAN) / PIXEL_STD
 
-    def embed_prompt(self, pixels: torch.Tensor, answer_ids: torch.Tensor | None = None):
+    def embed_prompt(self, pixels: torch.Tensor, answer_ids: torch.Tensor | None = None, encoded=None):
         """Prompt (+ optional teacher-forced answer) embeddings with the image spliced in.
 
-        Returns (embeds [B, T, d], visual_start, pixel features). Every sample shares the prompt,
-        so no padding is needed here; the engine still supports padded batches.
+        Returns (embeds [B, T, d], visual_start, pixel features). ``encoded``: the vision
+        encoder's (tokens, features) when the caller already has them. Every sample shares the
+        prompt, so no padding is needed here; the engine still supports padded batches.
         """
-        visual, features = self.vision(pixels)
+        visual, features = encoded if encoded is not None else self.vision(pixels)
         visual = self.projector(visual)
         prompt = self.tokenizer.prompt_ids()
         start = prompt.index(self.tokenizer.image_id)
