@@ -85,6 +85,10 @@ def validate(cfg: DictConfig) -> None:
             if not Path(cfg.data[field]).is_dir():
                 raise ConfigError(f"data.{field}={cfg.data[field]}: folder not found; set data.root "
                                   f"(or data.{field}) to where GranD-f lives")
+    for field in cfg.model.get("required_dirs", []):  # weights folders of released checkpoints
+        value = None if OmegaConf.is_missing(cfg.model, field) else cfg.model[field]
+        if value is None or not Path(value).is_dir():
+            raise ConfigError(f"model.{field}={value}: folder not found; {cfg.model.get('download_hint', '')}")
     if cfg.model.name == "tiny_gcg":
         weights = Path(cfg.model.weights or WEIGHTS_DIR)
         missing = [f for f in ("config.json", "model.safetensors") if not (weights / f).is_file()]
@@ -214,8 +218,7 @@ def load_model(cfg: DictConfig, device: torch.device):
     key = json.dumps(OmegaConf.to_container(cfg.model, resolve=True), sort_keys=True) + str(device)
     if key not in _MODEL_CACHE:
         _MODEL_CACHE.clear()
-        kwargs = {"directory": cfg.model.weights} if cfg.model.get("weights") else {}
-        _MODEL_CACHE[key] = instantiate({"_target_": cfg.model._target_}, **kwargs).to(device)
+        _MODEL_CACHE[key] = instantiate(cfg.model.loader).to(device)
     return _MODEL_CACHE[key]
 
 

@@ -8,8 +8,10 @@ existing annotation files need --overwrite, so no dataset is replaced by acciden
 
 import argparse
 import sys
+from pathlib import Path
 
-from altp.data import synthetic
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from anywhere, installed or not
+from altp.data import synthetic  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> None:

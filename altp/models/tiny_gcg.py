@@ -230,9 +230,9 @@ class TinyGCG(nn.Module):
             (directory / "card.json").write_text(json.dumps(card, indent=1) + "\n")
 
 
-def load_tiny_gcg(directory: str | Path = WEIGHTS_DIR) -> TinyGCG:
-    """Load the packaged (or any saved) tiny model; a missing file is a one-line error."""
-    directory = Path(directory)
+def load_tiny_gcg(directory: str | Path | None = None) -> TinyGCG:
+    """Load the packaged (``None``) or any saved tiny model; a missing file is a one-line error."""
+    directory = Path(directory or WEIGHTS_DIR)
     for name in ("config.json", "model.safetensors"):
         if not (directory / name).is_file():
             raise FileNotFoundError(f"tiny_gcg weights: {directory / name} is missing; the package ships "
