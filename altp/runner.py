@@ -26,6 +26,7 @@ from dataclasses import replace
 from pathlib import Path
 
 import torch
+from hydra.errors import InstantiationException
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 from tqdm import tqdm
@@ -218,7 +219,13 @@ def load_model(cfg: DictConfig, device: torch.device):
     key = json.dumps(OmegaConf.to_container(cfg.model, resolve=True), sort_keys=True) + str(device)
     if key not in _MODEL_CACHE:
         _MODEL_CACHE.clear()
-        _MODEL_CACHE[key] = instantiate(cfg.model.loader).to(device)
+        try:
+            model = instantiate(cfg.model.loader)
+        except InstantiationException as err:  # a broken checkpoint folder is a config error
+            if isinstance(err.__cause__, (OSError, ValueError)):
+                raise ConfigError(f"model ({cfg.model.name}): {err.__cause__}") from None
+            raise
+        _MODEL_CACHE[key] = model.to(device)
     return _MODEL_CACHE[key]
 
 
@@ -314,6 +321,7 @@ def summarise(cfg, name, pruner, model, split, run_dir: Path, scores: dict) -> d
         "timing": timing_summary(batches),
         "similarity_model": scores["similarity_model"], "similarity": scores["similarity"],
         "evaluation": {k: v for k, v in scores.items() if k not in ("METEOR", "CIDEr", "AP50", "mIoU", "recall")},
+        "model_deviations": getattr(model, "deviations", {}),
         "device": str(model.llm.device), "dtype": str(model.llm.dtype), "batch_size": cfg.batch_size,
         "max_new_tokens": cfg.max_new_tokens, "torch": torch.__version__, "run_dir": str(run_dir),
     }

@@ -26,10 +26,19 @@ import torch
 import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from altp.data.synthetic import COLOURS, SHAPES, SIZES, VOCAB, iter_training_samples  # noqa: E402
-from altp.models.tiny_gcg import WEIGHTS_DIR, TinyGCG, TinyGCGConfig  # noqa: E402
+from altp.data.synthetic import COLOURS, SHAPES, SIZES, VOCAB, render_scene, scene_seed  # noqa: E402
+from altp.models.tiny_gcg import WEIGHTS_DIR, TinyGCG, TinyGCGConfig, load_tiny_gcg  # noqa: E402
 
 ATTRIBUTES = (list(SIZES), sorted(COLOURS), list(SHAPES))  # class 0 of each = background
+# Curriculum over the objects per scene (fraction of training done -> max objects): a model
+# from scratch first learns to find one or two objects, then to order many. Evaluation scenes
+# have 1..6 objects; the last stage trains on exactly that distribution.
+CURRICULUM = ((0.15, 2), (0.35, 4), (1.0, 6))
+
+
+def curriculum_scene(seed: int, index: int, progress: float, image_size: int):
+    max_objects = next(n for until, n in CURRICULUM if progress < until)
+    return render_scene(scene_seed(seed, "train", index), image_size, 1, max_objects)
 
 
 def token_labels(sample, grid: int) -> torch.Tensor:
@@ -98,11 +107,12 @@ def main(argv=None):
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--out", type=Path, default=WEIGHTS_DIR)
     parser.add_argument("--save-every", type=int, default=250, help="also save every N steps (resumable look)")
+    parser.add_argument("--init", type=Path, default=None, help="start from these weights instead of random")
     args = parser.parse_args(argv)
 
     torch.manual_seed(args.seed)
     torch.set_num_threads(args.threads)
-    model = TinyGCG(TinyGCGConfig(vocab=list(VOCAB))).train()
+    model = (load_tiny_gcg(args.init) if args.init else TinyGCG(TinyGCGConfig(vocab=list(VOCAB)))).train()
     aux = TokenAttributeHead(model.cfg.token_dim)
     optimizer = torch.optim.AdamW([*model.parameters(), *aux.parameters()], lr=args.lr, weight_decay=0.01)
     warmup = max(1, args.steps // 20)
@@ -113,10 +123,11 @@ def main(argv=None):
         return 0.1 + 0.45 * (1 + math.cos(math.pi * (step - warmup) / max(1, args.steps - warmup)))
 
     lr_schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
-    stream = iter_training_samples(args.seed, image_size=model.cfg.image_size)
     start = time.time()
     for step in range(args.steps):
-        batch = make_batch(model, [next(stream) for _ in range(args.batch)])
+        samples = [curriculum_scene(args.seed, step * args.batch + i, step / args.steps, model.cfg.image_size)
+                   for i in range(args.batch)]
+        batch = make_batch(model, samples)
         lm_loss, bce, dice, token_loss = loss_terms(model, aux, *batch)
         loss = lm_loss + bce + dice + token_loss
         optimizer.zero_grad(set_to_none=True)
@@ -139,6 +150,7 @@ def main(argv=None):
 def card(args, argv, model, start, steps_done) -> dict:
     """The model card saved beside the weights (evaluation scores are added by the runner's user)."""
     return {"command": "python scripts/train_tiny_gcg.py " + " ".join(argv or sys.argv[1:]),
+            "curriculum_max_objects": CURRICULUM,
             "seed": args.seed, "steps": steps_done, "batch": args.batch, "lr": args.lr,
             "training_minutes": round((time.time() - start) / 60, 1), "threads": args.threads,
             "parameters": sum(p.numel() for p in model.parameters())}
