@@ -9,11 +9,11 @@ install: ## install torch==2.13.0 first (CPU build here, CUDA build on a GPU box
 	$(PY) -m pip install torch==2.13.0
 	$(PY) -m pip install -e ".[dev]"
 
-test: ## fast test suite (what CI runs)
-	$(PY) -m pytest -q -m "not slow and not gpu"
-
-test-all: ## every CPU test, slow ones included
+test: ## every CPU test, slow end-to-end ones included (what CI runs; ~3 min on 2 cores)
 	$(PY) -m pytest -q -m "not gpu"
+
+test-fast: ## the quick suite while developing (no slow end-to-end tests; ~1.5 min)
+	$(PY) -m pytest -q -m "not slow and not gpu"
 
 lint: ## ruff
 	$(PY) -m ruff check .
@@ -36,4 +36,4 @@ clean: ## remove caches (outputs/ is kept; use clean-outputs)
 clean-outputs: ## delete everything runs wrote under outputs/
 	find outputs -mindepth 1 ! -name README.md -exec rm -rf {} +
 
-.PHONY: help install test test-all lint synthetic tables bench clean clean-outputs
+.PHONY: help install test test-fast lint synthetic tables bench clean clean-outputs

@@ -1,10 +1,13 @@
 """python run.py [model=..] [data=..] [pruner=..] [keep=..] [pruner.<param>=..]   (-m for sweeps)
 
 Thin Hydra entry point (configs/config.yaml); the work is altp.runner.run. Config mistakes stop
-before anything heavy loads with one line naming the field, exit code 2.
+before anything heavy loads with one line naming the field, exit code 2. In a sweep a failing
+job is recorded (altp.sweep) and the others go on; the sweep reports the failures at its end.
+Under torchrun (``torchrun --standalone --nproc_per_node=N run.py ...``) every rank runs this.
 """
 
 import sys
+import traceback
 
 import hydra
 from hydra.core.hydra_config import HydraConfig
@@ -12,18 +15,31 @@ from hydra.types import RunMode
 from omegaconf import DictConfig
 
 from altp.cli_checks import check_command_line
+from altp.distributed import from_env
 from altp.runner import ConfigError, run
+from altp.sweep import record_job
 
 
 @hydra.main(version_base="1.3", config_path="configs", config_name="config")
 def main(cfg: DictConfig) -> float | None:
+    multirun = HydraConfig.get().mode == RunMode.MULTIRUN
     try:
         metrics = run(cfg)
-    except ConfigError as err:
-        if HydraConfig.get().mode == RunMode.MULTIRUN:
-            raise  # one job's bad value must not end the other jobs of the sweep
-        print(f"config error: {err}", file=sys.stderr)
-        sys.exit(2)
+    except Exception as err:
+        if not multirun and isinstance(err, ConfigError):
+            print(f"config error: {err}", file=sys.stderr)
+            sys.exit(2)
+        if not multirun or from_env().world > 1:  # under torchrun no rank may go on alone: all stop
+            raise
+        # one job's failure must not end the other jobs of the sweep: recorded, reported at the end
+        if isinstance(err, ConfigError):
+            print(f"config error: {err}", file=sys.stderr)
+        else:
+            traceback.print_exc()
+        record_job("failed", error=f"{type(err).__name__}: {err}".splitlines()[0])
+        return None
+    if multirun:
+        record_job("skipped" if "skipped" in metrics else "completed", run_dir=metrics.get("run_dir"))
     return metrics.get("mIoU")
 
 

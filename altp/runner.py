@@ -6,20 +6,23 @@
 2. derive the run directory from the config alone (every non-default setting that changes
    results is in its name), so a rerun resumes and two configs never collide; refuse to reuse a directory made with a different config unless ``overwrite=true``;
 3. predict every image that has no ``predictions/<id>.json`` yet, batch by batch, each file
-   written atomically; an image that fails goes to ``errors.jsonl`` and the run goes on;
-4. score the predictions (eval.gcg) and write ``metrics.json`` last.
+   written atomically; an image that fails goes to ``errors.jsonl`` and the run goes on
+   (``timing`` / ``errors`` records: one file per process, see altp.summary);
+4. score the predictions (eval.gcg) and write ``metrics.json`` last (then ``logger=wandb`` logs).
 
-A run killed at any point and rerun ends with the same predictions and metrics as an
-uninterrupted one (timing aside).
+Under ``torchrun --nproc_per_node=N`` (altp.distributed) rank 0 claims the directory and lists
+the missing predictions, every rank predicts a strided share of them, and rank 0 evaluates once
+after all ranks are through. A run killed at any point (any rank) and rerun, with any number
+of processes, ends with the same predictions and metrics as an uninterrupted one (timing aside).
 """
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import json
 import os
 import resource
-import statistics
 import time
 import traceback
 from dataclasses import replace
@@ -31,11 +34,13 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 from tqdm import tqdm
 
+from altp import distributed
 from altp.data import synthetic
 from altp.data.grandf import GCGSplit, encode_mask, load_image, load_split
 from altp.engine import PruningEngine
+from altp.logger import make_logger, sample_figures
 from altp.models.tiny_gcg import WEIGHTS_DIR
-from eval.flops import flops_ratio
+from altp.summary import print_summary, record_file, record_files, summarise
 from eval.gcg import evaluate
 
 CONFIG_DIR = Path(__file__).resolve().parents[1] / "configs"
@@ -166,11 +171,9 @@ def claim_directory(run_dir: Path, identity: dict, overwrite: bool) -> None:
                 changed = sorted(k for k in identity if previous.get(k) != identity[k])
                 raise ConfigError(f"{run_dir} holds results of a different config (changed: "
                                   f"{', '.join(changed)}); rerun with overwrite=true to discard them")
-            for sub in ("predictions",):
-                for file in (run_dir / sub).glob("*.json"):
-                    file.unlink()
-            for file in ("errors.jsonl", "timing.jsonl", "metrics.json"):
-                (run_dir / file).unlink(missing_ok=True)
+            for file in [*(run_dir / "predictions").glob("*.json"), *record_files(run_dir, "errors"),
+                         *record_files(run_dir, "timing"), run_dir / "metrics.json"]:
+                file.unlink(missing_ok=True)
     (run_dir / "predictions").mkdir(parents=True, exist_ok=True)
     write_json_atomic(path, identity)
 
@@ -180,6 +183,21 @@ def write_json_atomic(path: Path, obj) -> None:
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     tmp.write_text(json.dumps(obj, indent=1) + "\n")
     os.replace(tmp, path)
+
+
+def lock_directory(run_dir: Path):
+    """An exclusive lock on ``<run_dir>/.lock`` while this process works on the run, or None when
+    another process holds it (two jobs of a parallel sweep that resolve to one run directory)."""
+    run_dir.mkdir(parents=True, exist_ok=True)
+    handle = (run_dir / ".lock").open("a")
+    try:
+        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        handle.close()
+        return None
+    except OSError:  # a file system without flock: go on unlocked
+        pass
+    return handle
 
 
 def append_jsonl(path: Path, record: dict) -> None:
@@ -201,6 +219,18 @@ def prepare_split(cfg: DictConfig) -> GCGSplit:
 def ensure_synthetic(root: Path, generate: dict) -> None:
     """Write the synthetic dataset on first use; finish one that a killed run left half done."""
     wanted = synthetic.dataset_config(**generate)
+    if synthetic.read_dataset_config(root) == wanted:
+        return
+    root.mkdir(parents=True, exist_ok=True)
+    with (root / ".lock").open("a") as lock:  # parallel jobs of a sweep: one writes, the others wait
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+        except OSError:
+            pass
+        _generate_synthetic(root, generate, wanted)
+
+
+def _generate_synthetic(root: Path, generate: dict, wanted: dict) -> None:
     found = synthetic.read_dataset_config(root)
     if found == wanted:
         return
@@ -209,7 +239,6 @@ def ensure_synthetic(root: Path, generate: dict) -> None:
         raise ConfigError(f"data.root={root} holds a different synthetic dataset; delete it or choose "
                           "another data.root")
     print(f"generating synthetic GranD-f into {root} (first use) ...", flush=True)
-    root.mkdir(parents=True, exist_ok=True)
     marker.touch()
     synthetic.write_dataset(root, **generate)
     marker.unlink()
@@ -230,9 +259,8 @@ def load_model(cfg: DictConfig, device: torch.device):
 
 
 def pick_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
+    """``auto`` = cuda when available, else cpu (cuda:LOCAL_RANK under torchrun)."""
+    return distributed.pick_device(name)
 
 
 # --- the run -----------------------------------------------------------------------------
@@ -250,122 +278,99 @@ def predict_batch(model, engine, split: GCGSplit, ids: list[str], cfg, pred_dir:
 
 
 def run(cfg: DictConfig) -> dict:
+    """One run; under torchrun each rank predicts a strided share and rank 0 evaluates."""
     validate(cfg)
-    name = pruner_name(cfg)
+    info, device = distributed.setup(cfg.device)
     run_dir = run_directory(cfg)
-    identity = run_identity(cfg)
-    claim_directory(run_dir, identity, cfg.overwrite)
-    if (run_dir / "metrics.json").exists():
-        print(f"already done: {run_dir}/metrics.json")
-        return json.loads((run_dir / "metrics.json").read_text())
+    held = {}
 
+    def start():  # rank 0 only, before any rank touches the run directory
+        held["lock"] = lock_directory(run_dir)
+        if held["lock"] is None:
+            return "busy", []
+        claim_directory(run_dir, run_identity(cfg), cfg.overwrite)
+        if (run_dir / "metrics.json").exists():
+            return "done", []
+        split = prepare_split(cfg)  # writes the synthetic dataset on first use
+        pred_dir = run_dir / "predictions"
+        return "todo", [img.image_id for img in split if not (pred_dir / f"{img.image_id}.json").exists()]
+
+    try:
+        state, todo = distributed.rank0_first(info, start)
+        if state == "busy":
+            print(f"skipped: another process is producing {run_dir} (its .lock is held)")
+            return {"skipped": "another process holds the run directory's lock", "run_dir": str(run_dir)}
+        if state == "done":
+            metrics = json.loads((run_dir / "metrics.json").read_text())
+            if info.is_main:
+                print(f"already done: {run_dir}/metrics.json")
+                make_logger(cfg).log_run(cfg, metrics)
+            return metrics
+        return predict_and_score(cfg, info, device, run_dir, todo)
+    finally:
+        if held.get("lock") is not None:
+            held["lock"].close()
+
+
+def predict_and_score(cfg: DictConfig, info: distributed.Dist, device: torch.device, run_dir: Path,
+                      todo: list[str]) -> dict:
+    name = pruner_name(cfg)
     split = prepare_split(cfg)
-    device = pick_device(cfg.device)
     model = load_model(cfg, device)
     if len(model.llm.model.layers) != cfg.model.llm.layers:
         raise ConfigError(f"model.llm.layers={cfg.model.llm.layers} but the loaded LLM has "
                           f"{len(model.llm.model.layers)} layers; set model.llm.layers to match")
     pruner = instantiate(cfg.pruner)
     engine = PruningEngine(model.llm, pruner)
-    if torch.cuda.is_available():
-        torch.cuda.reset_peak_memory_stats()
-    pred_dir = run_dir / "predictions"
-    todo = [img.image_id for img in split if not (pred_dir / f"{img.image_id}.json").exists()]
-    bar = tqdm(total=len(split), initial=len(split) - len(todo), desc=run_dir.name,
-               disable=not cfg.progress, unit="img")
-    for first in range(0, len(todo), cfg.batch_size):
-        batch = todo[first:first + cfg.batch_size]
-        try:
-            record = predict_batch(model, engine, split, batch, cfg, pred_dir)
-            append_jsonl(run_dir / "timing.jsonl", record)
-        except Exception:  # noqa: BLE001 - retry alone so one bad image cannot sink its batch
-            for image_id in batch:
-                try:
-                    append_jsonl(run_dir / "timing.jsonl",
-                                 predict_batch(model, engine, split, [image_id], cfg, pred_dir))
-                except Exception as err:  # noqa: BLE001 - recorded, the run goes on
-                    append_jsonl(run_dir / "errors.jsonl", {"image_id": image_id, "error": str(err).splitlines()[0]
-                                                            if str(err) else type(err).__name__,
-                                                            "traceback": traceback.format_exc(limit=3)})
-        bar.update(len(batch))
-    bar.close()
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+    mine = distributed.shard(todo, info)
+    start = time.perf_counter()
+    predict_images(model, engine, split, mine, cfg, run_dir, info, done=len(split) - len(todo))
+    ranks = distributed.gather(info, rank_stats(info, len(mine), time.perf_counter() - start, device))
+    if not info.is_main:  # rank 0 evaluates once, with every rank's predictions on disk
+        return {"rank": info.rank, "images_predicted": len(mine), "run_dir": str(run_dir)}
 
-    scores = evaluate(pred_dir, split, cfg.similarity_model, cfg.similarity)
-    metrics = summarise(cfg, name, pruner, model, split, run_dir, scores)
+    scores = evaluate(run_dir / "predictions", split, cfg.similarity_model, cfg.similarity)
+    metrics = summarise(cfg, name, pruner, model, split, run_dir, scores, run_variant(cfg, name),
+                        effective_keep(cfg, name), pruner_overrides(cfg, name), ranks)
     write_json_atomic(run_dir / "metrics.json", metrics)
     print_summary(metrics, run_dir)
+    make_logger(cfg).log_run(cfg, metrics, lambda n: sample_figures(model, engine, split, cfg.max_new_tokens, n))
     return metrics
 
 
-def summarise(cfg, name, pruner, model, split, run_dir: Path, scores: dict) -> dict:
-    batches = read_jsonl(run_dir / "timing.jsonl")
-    failed = {e["image_id"] for e in read_jsonl(run_dir / "errors.jsonl")}
-    failed -= {p.stem for p in (run_dir / "predictions").glob("*.json")}
-    n_visual = model.n_visual
-    llm = model.llm.config
-    kept_tokens = pruner.stage_budgets(n_visual) if pruner.layers else [n_visual]
-    schedule = batches[0]["tokens_per_layer"] if batches else []
-    # the unpruned prompt length: layer 0 may already run on fewer tokens (K = 0 pruners)
-    full = schedule[0] - batches[0]["visual_per_layer"][0] + n_visual if schedule else 0
-    return {
-        "model": cfg.model.name, "data": cfg.data.name, "split": cfg.data.split, "limit": cfg.data.get("limit"),
-        "pruner": name,
-        "pruner_params": pruner.describe() | pruner_overrides(cfg, name),
-        "variant": run_variant(cfg, name), "keep": effective_keep(cfg, name), "visual_tokens": n_visual,
-        "kept_tokens": kept_tokens,
-        "prune_layers": list(pruner.layers), "n_images": len(split), "n_failed": len(failed),
-        **{k: scores[k] for k in ("METEOR", "CIDEr", "AP50", "mIoU", "recall")},
-        "flops_ratio": flops_ratio(schedule, full, llm.hidden_size, llm.intermediate_size) if schedule else None,
-        "tokens_per_layer": schedule,
-        "visual_per_layer": batches[0]["visual_per_layer"] if batches else [],
-        "timing": timing_summary(batches),
-        "similarity_model": scores["similarity_model"], "similarity": scores["similarity"],
-        "evaluation": {k: v for k, v in scores.items() if k not in ("METEOR", "CIDEr", "AP50", "mIoU", "recall")},
-        "model_deviations": getattr(model, "deviations", {}),
-        "device": str(model.llm.device), "dtype": str(model.llm.dtype), "batch_size": cfg.batch_size,
-        "max_new_tokens": cfg.max_new_tokens, "torch": torch.__version__, "run_dir": str(run_dir),
-    }
+def predict_images(model, engine, split: GCGSplit, ids: list[str], cfg, run_dir: Path,
+                   info: distributed.Dist, done: int) -> None:
+    """Predict ``ids`` batch by batch; this process's timing / error records go to its own files."""
+    pred_dir = run_dir / "predictions"
+    timing = record_file(run_dir, "timing", info.rank, info.world)
+    errors = record_file(run_dir, "errors", info.rank, info.world)
+    if info.world == 1:
+        bar = tqdm(total=len(split), initial=done, desc=run_dir.name, disable=not cfg.progress, unit="img")
+    else:  # rank 0's share stands for the whole
+        bar = tqdm(total=len(ids), desc=f"{run_dir.name} rank0/{info.world}", unit="img",
+                   disable=not cfg.progress or not info.is_main)
+    for first in range(0, len(ids), cfg.batch_size):
+        batch = ids[first:first + cfg.batch_size]
+        try:
+            append_jsonl(timing, predict_batch(model, engine, split, batch, cfg, pred_dir))
+        except Exception:  # noqa: BLE001 - retry alone so one bad image cannot sink its batch
+            for image_id in batch:
+                try:
+                    append_jsonl(timing, predict_batch(model, engine, split, [image_id], cfg, pred_dir))
+                except Exception as err:  # noqa: BLE001 - recorded, the run goes on
+                    append_jsonl(errors, {"image_id": image_id, "error": str(err).splitlines()[0]
+                                          if str(err) else type(err).__name__,
+                                          "traceback": traceback.format_exc(limit=3)})
+        bar.update(len(batch))
+    bar.close()
 
 
-def read_jsonl(path: Path) -> list[dict]:
-    if not path.exists():
-        return []
-    lines = path.read_text().splitlines()
-    return [json.loads(line) for line in lines if line.strip()]
-
-
-def timing_summary(batches: list[dict]) -> dict:
-    """Medians over batches (the first is warm-up and dropped when there are more), per image."""
-    measured = batches[1:] if len(batches) > 1 else batches
-    if not measured:
-        return {}
-
-    def median(values):
-        return round(1e3 * statistics.median(values), 3)
-
-    per_image = [(b, len(b["images"])) for b in measured]
-    if torch.cuda.is_available():  # reset when the run's prediction loop started
-        memory = {"peak_gpu_memory_mib": round(torch.cuda.max_memory_allocated() / 2**20, 1)}
-    else:  # CPU: the process's peak resident set (includes loading and earlier sweep jobs)
-        memory = {"peak_process_rss_mib": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)}
-    return {
-        "pruner_ms_per_image": median([b["pruner"] / n for b, n in per_image]),
-        "prefill_ms_per_image": median([b["prefill"] / n for b, n in per_image]),
-        "decode_ms_per_token": median([b["decode"] / max(1, b["decode_steps"]) for b, _ in per_image]),
-        "end_to_end_ms_per_image": median([b["end_to_end"] / n for b, n in per_image]),
-        "batches_measured": len(measured), **memory,
-        "note": "per-image values are batch times divided by the batch size; prefill includes the "
-                "pruner; decode is per batch step",
-    }
-
-
-def print_summary(metrics: dict, run_dir: Path) -> None:
-    keys = ("METEOR", "CIDEr", "AP50", "mIoU", "recall")
-    print(f"\n{metrics['model']} | {metrics['pruner']} keep={metrics['keep']:g} | "
-          f"{metrics['data']}-{metrics['split']} ({metrics['n_images']} images, {metrics['n_failed']} failed)")
-    print("  ".join(f"{k:>7s}" for k in (*keys, "FLOPs")))
-    flops = metrics["flops_ratio"]
-    values = [f"{100 * metrics[k]:7.1f}" for k in keys] + [f"{100 * flops:6.1f}%" if flops else "    n/a"]
-    print("  ".join(values))
-    print(f"results: {run_dir}")
-
+def rank_stats(info: distributed.Dist, images: int, wall: float, device: torch.device) -> dict:
+    stats = {"rank": info.rank, "images": images, "wall_s": round(wall, 3)}
+    if device.type == "cuda":  # reset when the prediction loop started
+        stats["peak_gpu_memory_mib"] = round(torch.cuda.max_memory_allocated(device) / 2**20, 1)
+    else:  # the process's peak resident set (includes loading and earlier sweep jobs)
+        stats["peak_process_rss_mib"] = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
+    return stats
