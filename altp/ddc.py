@@ -61,8 +61,16 @@ def _area_matrix(size: int, new_size: int) -> np.ndarray:
 
 
 def area_resize(image: np.ndarray, height: int, width: int) -> np.ndarray:
-    """[height, width, C] area average of [H, W, C] ``image``: one matrix product per axis."""
+    """[height, width, C] area average of [H, W, C] ``image``.
+
+    Exact multiples (336 -> 24, 192 -> 24): a block mean. Otherwise one matrix product per axis.
+    The block mean avoids BLAS, whose worker threads contend with torch's right after the
+    attention that ranks the tokens (measured: 15 ms instead of 1 ms on 2 cores).
+    """
     rows_in, cols_in, channels = image.shape
+    if rows_in % height == 0 and cols_in % width == 0:
+        blocks = image.reshape(height, rows_in // height, width, cols_in // width, channels)
+        return blocks.mean(axis=(1, 3))
     rows = _area_matrix(rows_in, height).astype(image.dtype) @ image.reshape(rows_in, -1)
     by_col = rows.reshape(height, cols_in, channels).transpose(1, 0, 2).reshape(cols_in, -1)
     out = _area_matrix(cols_in, width).astype(image.dtype) @ by_col

@@ -8,6 +8,8 @@ ALTP's superpixels. For every pruner config in configs/pruner/ (ALTP in both SLI
 keep ratio: the median over repeats (after one warm-up) of
 
 * ``selection_ms``: the engine's pruner time (importance recomputation + selection, SLIC);
+* ``select_only_ms``: ``select`` alone, its importance/keys already computed (SLIC, allocation,
+  top-k: the method's own overhead);
 * ``prefill_ms`` and ``time_ratio`` = prefill / unpruned prefill;
 * ``flops_ratio``: eval.flops on the token schedule the run actually had.
 
@@ -20,6 +22,7 @@ import argparse
 import json
 import statistics
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -78,12 +81,34 @@ def make_pruner(variant: str, overrides: list[str], keep: float):
     return instantiate(cfg.pruner)
 
 
+def time_select_alone(pruner, seconds: list[float]) -> None:
+    """Wrap ``pruner.select``: inputs it reads from the model first, then time select itself."""
+    select = pruner.select
+
+    def timed(ctx):
+        if "importance" in pruner.needs:
+            ctx.importance(getattr(pruner, "importance", "attn_prev"))
+        if "keys" in pruner.needs:
+            ctx.keys()
+        start = time.perf_counter()
+        selected = select(ctx)
+        seconds.append(time.perf_counter() - start)
+        return selected
+
+    pruner.select = timed
+
+
 def measure(model, inputs, pruner, repeats: int) -> dict:
     engine = PruningEngine(model, pruner)
     engine.generate(inputs, max_new_tokens=1)  # warm-up
     runs = [engine.generate(inputs, max_new_tokens=1) for _ in range(repeats)]
+    alone: list[float] = []
+    time_select_alone(pruner, alone)
+    for _ in range(repeats):
+        engine.generate(inputs, max_new_tokens=1)
     return {"prefill_ms": 1e3 * statistics.median(r.timing["prefill"] for r in runs),
             "selection_ms": 1e3 * statistics.median(r.timing["pruner"] for r in runs),
+            "select_only_ms": 1e3 * statistics.median(alone) if alone else 0.0,
             "tokens_per_layer": runs[0].tokens_per_layer}
 
 
@@ -107,7 +132,8 @@ def main(argv=None):
         rows = {}
         for keep in args.keeps:
             m = measure(model, inputs, make_pruner(variant, overrides, keep), args.repeats)
-            rows[str(keep)] = {"selection_ms": round(m["selection_ms"], 3), "prefill_ms": round(m["prefill_ms"], 2),
+            rows[str(keep)] = {"selection_ms": round(m["selection_ms"], 3),
+                               "select_only_ms": round(m["select_only_ms"], 3), "prefill_ms": round(m["prefill_ms"], 2),
                                "time_ratio": round(m["prefill_ms"] / base["prefill_ms"], 3),
                                "flops_ratio": round(flops_ratio(m["tokens_per_layer"], full_tokens, HIDDEN, FFN), 3)}
         result["pruners"][variant] = rows
@@ -115,10 +141,11 @@ def main(argv=None):
         print(json.dumps(result, indent=1))
         return
     print(f"device {device}; unpruned prefill {base['prefill_ms']:.1f} ms (median of {args.repeats})")
-    print(f"{'pruner':16s} {'keep':>5s} {'select ms':>10s} {'prefill ms':>11s} {'time ratio':>11s} {'FLOPs ratio':>12s}")
+    print(f"{'pruner':16s} {'keep':>5s} {'pruner ms':>10s} {'select ms':>10s} {'prefill ms':>11s} "
+          f"{'time ratio':>11s} {'FLOPs ratio':>12s}")
     for variant, rows in result["pruners"].items():
         for keep, row in rows.items():
-            print(f"{variant:16s} {keep:>5s} {row['selection_ms']:10.3f} {row['prefill_ms']:11.2f} "
+            print(f"{variant:16s} {keep:>5s} {row['selection_ms']:10.3f} {row['select_only_ms']:10.3f} {row['prefill_ms']:11.2f} "
                   f"{row['time_ratio']:11.3f} {row['flops_ratio']:12.3f}")
 
 
