@@ -68,9 +68,10 @@ def area_resize(image: np.ndarray, height: int, width: int) -> np.ndarray:
     attention that ranks the tokens (measured: 15 ms instead of 1 ms on 2 cores).
     """
     rows_in, cols_in, channels = image.shape
-    if rows_in % height == 0 and cols_in % width == 0:
-        blocks = image.reshape(height, rows_in // height, width, cols_in // width, channels)
-        return blocks.mean(axis=(1, 3))
+    if rows_in % height == 0 and cols_in % width == 0:  # two contiguous block sums (fast in numpy)
+        rows = image.reshape(height, rows_in // height, cols_in, channels).sum(axis=1)
+        block = rows.reshape(height, width, cols_in // width, channels).sum(axis=2)
+        return block / ((rows_in // height) * (cols_in // width))
     rows = _area_matrix(rows_in, height).astype(image.dtype) @ image.reshape(rows_in, -1)
     by_col = rows.reshape(height, cols_in, channels).transpose(1, 0, 2).reshape(cols_in, -1)
     out = _area_matrix(cols_in, width).astype(image.dtype) @ by_col

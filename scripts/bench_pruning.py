@@ -10,7 +10,8 @@ keep ratio: the median over repeats (after one warm-up) of
 * ``selection_ms``: the engine's pruner time (importance recomputation + selection, SLIC);
 * ``select_only_ms``: ``select`` alone, its importance/keys already computed (SLIC, allocation,
   top-k: the method's own overhead);
-* ``prefill_ms`` and ``time_ratio`` = prefill / unpruned prefill;
+* ``prefill_ms`` and ``time_ratio`` = prefill / unpruned prefill, the unpruned one measured again
+  right before each row;
 * ``flops_ratio``: eval.flops on the token schedule the run actually had.
 
 Speed claims live here, never in unit tests.
@@ -131,6 +132,8 @@ def main(argv=None):
     for variant, overrides in pruner_variants().items():
         rows = {}
         for keep in args.keeps:
+            # the unpruned reference is re-measured next to every row: load on a shared machine drifts
+            base = measure(model, inputs, make_pruner("none", [], 1.0), args.repeats)
             m = measure(model, inputs, make_pruner(variant, overrides, keep), args.repeats)
             rows[str(keep)] = {"selection_ms": round(m["selection_ms"], 3),
                                "select_only_ms": round(m["select_only_ms"], 3), "prefill_ms": round(m["prefill_ms"], 2),

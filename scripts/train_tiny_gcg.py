@@ -9,7 +9,13 @@ head at inference — + a dense auxiliary loss on the vision encoder's tokens: e
 classifies the size, colour and shape of the object covering most of its patch (or
 background). GLaMM starts from a pretrained CLIP; this auxiliary head plays that role for an
 encoder trained from scratch (without it the LLM sat at the image-blind caption entropy for
-hundreds of steps). The head is training-only and not shipped. Deterministic for a seed.
+hundreds of steps). The head is training-only and not shipped. The same holds for the
+LLM: trained from scratch, its answer positions kept attending uniformly to all 576 visual
+tokens, where a small object is a few tokens, and the captions stayed image-blind. So the
+positions that produce an object's size, colour, shape and [SEG] are also taught where that
+object is: in one layer (``ATTENTION_LAYER``), their head-averaged attention mass on the
+object's tokens is pushed up (-log mass), as supervised attention does for alignment. It only
+shapes training; inference is the plain model. Deterministic for a seed.
 """
 
 from __future__ import annotations
@@ -24,6 +30,7 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
+from transformers.models.llama.modeling_llama import apply_rotary_pos_emb, repeat_kv
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from altp.data.synthetic import COLOURS, SHAPES, SIZES, VOCAB, render_scene, scene_seed  # noqa: E402
@@ -34,6 +41,8 @@ ATTRIBUTES = (list(SIZES), sorted(COLOURS), list(SHAPES))  # class 0 of each = b
 # from scratch first learns to find one or two objects, then to order many. Evaluation scenes
 # have 1..6 objects; the last stage trains on exactly that distribution.
 CURRICULUM = ((0.15, 2), (0.35, 4), (1.0, 6))
+ATTENTION_LAYER = 2  # the LLM layer whose attention is supervised (0-based; FastV ranks with layer 1)
+OBJECT_COVER = 0.2  # a token belongs to an object covering at least this share of its patch
 
 
 def curriculum_scene(seed: int, index: int, progress: float, image_size: int):
@@ -66,8 +75,27 @@ class TokenAttributeHead(torch.nn.Module):
                    for row, head in enumerate(self.heads)) / len(self.heads)
 
 
+def attention_targets(model: TinyGCG, samples, answers: list[list[int]]):
+    """(sample, answer index, object) for every answer token naming an object, and each object's
+    token membership [n_objects, grid*grid] (patch covered >= OBJECT_COVER, else its best cell)."""
+    tok, grid = model.tokenizer, model.cfg.grid
+    open_id = tok.ids["<p>"]
+    rows, members = [], []
+    for b, (sample, answer) in enumerate(zip(samples, answers)):
+        n, height, width = sample.masks.shape
+        cover = sample.masks.reshape(n, grid, height // grid, grid, width // grid).mean(axis=(2, 4))
+        cover = torch.from_numpy(cover.reshape(n, -1))
+        for k, start in enumerate(i for i, t in enumerate(answer) if t == open_id):
+            obj = len(members)
+            members.append((cover[k] >= OBJECT_COVER) | (cover[k] == cover[k].max()))
+            # size, colour, shape and [SEG] (after "</p>") are the object's own tokens
+            rows += [(b, start + offset, obj) for offset in (1, 2, 3, 5)]
+    return torch.tensor(rows), torch.stack(members)
+
+
 def make_batch(model: TinyGCG, samples):
-    """Pixels, right-padded answer ids (+EOS), GT masks of every [SEG] in order, token labels."""
+    """Pixels, right-padded answer ids (+EOS), GT masks of every [SEG] in order, token labels,
+    and the attention targets."""
     tok = model.tokenizer
     answers = [tok.encode(s.answer) + [tok.eos_id] for s in samples]
     width = max(map(len, answers))
@@ -76,13 +104,44 @@ def make_batch(model: TinyGCG, samples):
         ids[b, :len(answer)] = torch.tensor(answer)
     masks = torch.from_numpy(np.concatenate([s.masks for s in samples])).float()
     labels = torch.stack([token_labels(s, model.cfg.grid) for s in samples])
-    return model.pixels([s.image for s in samples]), ids, masks, labels
+    return model.pixels([s.image for s in samples]), ids, masks, labels, attention_targets(model, samples, answers)
 
 
-def loss_terms(model: TinyGCG, aux: TokenAttributeHead, pixels, answer_ids, gt_masks, labels):
+def attention_loss(model: TinyGCG, layer_input, position_embeddings, visual_start: int, prompt_len: int,
+                   targets) -> torch.Tensor:
+    """-log of the head-averaged attention mass each object-naming position puts on its object."""
+    rows, members = targets
+    layer = model.llm.model.layers[ATTENTION_LAYER]
+    attn = layer.self_attn
+    batch, length, _ = layer_input.shape
+    x = layer.input_layernorm(layer_input)
+    query = attn.q_proj(x).view(batch, length, -1, attn.head_dim).transpose(1, 2)
+    key = attn.k_proj(x).view(batch, length, -1, attn.head_dim).transpose(1, 2)
+    query, key = apply_rotary_pos_emb(query, key, *position_embeddings)
+    key = repeat_kv(key, attn.num_key_value_groups)
+    sample, position = rows[:, 0], prompt_len - 1 + rows[:, 1]  # the position producing that token
+    scores = torch.einsum("nhd,nhtd->nht", query[sample, :, position], key[sample]) * attn.scaling
+    future = torch.arange(length)[None, :] > position[:, None]
+    probs = scores.masked_fill(future[:, None], float("-inf")).softmax(-1).mean(1)
+    visual = probs[:, visual_start:visual_start + members.shape[1]]
+    mass = (visual * members[rows[:, 2]]).sum(-1)
+    return -torch.log(mass + 1e-6).mean()
+
+
+def loss_terms(model: TinyGCG, aux: TokenAttributeHead, pixels, answer_ids, gt_masks, labels, targets):
     tokens, features = model.vision(pixels)
-    embeds, _, _ = model.embed_prompt(pixels, answer_ids, encoded=(tokens, features))
-    hidden = model.llm.model(inputs_embeds=embeds).last_hidden_state  # final norm applied
+    embeds, visual_start, _ = model.embed_prompt(pixels, answer_ids, encoded=(tokens, features))
+    captured = {}
+
+    def capture(_module, args, kwargs):
+        captured["input"] = args[0] if args else kwargs["hidden_states"]
+        captured["rope"] = kwargs["position_embeddings"]
+
+    hook = model.llm.model.layers[ATTENTION_LAYER].register_forward_pre_hook(capture, with_kwargs=True)
+    try:
+        hidden = model.llm.model(inputs_embeds=embeds).last_hidden_state  # final norm applied
+    finally:
+        hook.remove()
     prompt_len = embeds.shape[1] - answer_ids.shape[1]
     producing = hidden[:, prompt_len - 1:-1]  # position i produces answer token i
     logits = model.llm.lm_head(producing)
@@ -95,7 +154,8 @@ def loss_terms(model: TinyGCG, aux: TokenAttributeHead, pixels, answer_ids, gt_m
     prob = pred.sigmoid().flatten(1)
     target_masks = gt_masks.flatten(1)
     dice = 1 - (2 * (prob * target_masks).sum(1) + 1) / (prob.sum(1) + target_masks.sum(1) + 1)
-    return lm_loss, bce, dice.mean(), aux.loss(tokens, labels)
+    attention = attention_loss(model, captured["input"], captured["rope"], visual_start, prompt_len, targets)
+    return lm_loss, bce, dice.mean(), aux.loss(tokens, labels), attention
 
 
 def main(argv=None):
@@ -128,8 +188,8 @@ def main(argv=None):
         samples = [curriculum_scene(args.seed, step * args.batch + i, step / args.steps, model.cfg.image_size)
                    for i in range(args.batch)]
         batch = make_batch(model, samples)
-        lm_loss, bce, dice, token_loss = loss_terms(model, aux, *batch)
-        loss = lm_loss + bce + dice + token_loss
+        lm_loss, bce, dice, token_loss, attention = loss_terms(model, aux, *batch)
+        loss = lm_loss + bce + dice + token_loss + 0.5 * attention
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
@@ -137,7 +197,7 @@ def main(argv=None):
         lr_schedule.step()
         if step % 25 == 0 or step == args.steps - 1:
             print(f"step {step:5d}  lm {lm_loss.item():.4f}  bce {bce.item():.4f}  dice {dice.item():.4f}  "
-                  f"tokens {token_loss.item():.4f}  "
+                  f"tokens {token_loss.item():.4f}  attention {attention.item():.3f}  "
                   f"{time.time() - start:7.1f}s", flush=True)
         if args.save_every and step and step % args.save_every == 0:
             model.eval().save(args.out, card(args, argv, model, start, step))
