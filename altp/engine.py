@@ -117,7 +117,7 @@ class _LayerKVCache:
         return self.keys[layer_idx][:, :, :end], self.values[layer_idx][:, :, :end]
 
 
-class _Clock:
+class Clock:
     """perf_counter that first waits for queued CUDA work, so stages are timed truthfully."""
 
     def __init__(self, device: torch.device):
@@ -245,7 +245,7 @@ class PruningEngine:
                  return_logits: bool = False) -> GenerationOutput:
         if "image" in self.pruner.needs and inputs.images is None:
             raise ValueError(f"pruner {self.pruner.name!r} needs the image, but the model gave none")
-        clock = _Clock(inputs.inputs_embeds.device)
+        clock = Clock(inputs.inputs_embeds.device)
         t0 = clock()
         cache = _LayerKVCache(len(self.layers), max_new_tokens)
         normed, layer_stages, kept, pruner_seconds = self._prefill(inputs, cache, clock)
@@ -286,7 +286,7 @@ class PruningEngine:
                     "decode_steps": len(out_tokens) - 1},
         )
 
-    def _prefill(self, inputs: EngineInputs, cache: _LayerKVCache, clock: _Clock):
+    def _prefill(self, inputs: EngineInputs, cache: _LayerKVCache, clock: Clock):
         """All layers over the prompt, pruning at the pruner's layers.
 
         Returns (final-norm hidden states of the last layer's tokens, the stage each layer ran

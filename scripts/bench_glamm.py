@@ -27,7 +27,6 @@ import argparse
 import json
 import statistics
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -47,7 +46,7 @@ from transformers.models.clip.image_processing_pil_clip import CLIPImageProcesso
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 from altp.data.synthetic import render_scene  # noqa: E402
-from altp.engine import PruningEngine  # noqa: E402
+from altp.engine import Clock, PruningEngine  # noqa: E402
 from altp.models.glamm.loading import projector, text_projection  # noqa: E402
 from altp.models.glamm.model import GLaMM  # noqa: E402
 from altp.models.glamm.prompt import REFERENCE_IDS  # noqa: E402
@@ -107,16 +106,6 @@ def pruner(name: str, keep: float, shapes: dict):
                  f"model.llm.pdrop_layers=[{','.join(map(str, shapes['pdrop_layers']))}]"]
     with initialize_config_dir(version_base="1.3", config_dir=str(ROOT / "configs")):
         return instantiate(compose("config", overrides=overrides).pruner)
-
-
-class Clock:
-    def __init__(self, device: torch.device):
-        self.cuda = device.type == "cuda"
-
-    def __call__(self) -> float:
-        if self.cuda:
-            torch.cuda.synchronize()
-        return time.perf_counter()
 
 
 def median_ms(fn, repeats: int, clock: Clock) -> float:

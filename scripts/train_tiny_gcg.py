@@ -76,11 +76,12 @@ class TokenAttributeHead(torch.nn.Module):
 
 
 def attention_targets(model: TinyGCG, samples, answers: list[list[int]]):
-    """(sample, answer index, object) for every answer token naming an object, and each object's
-    token membership [n_objects, grid*grid] (patch covered >= OBJECT_COVER, else its best cell)."""
+    """(sample, answer index, object) for every answer token naming an object, each object's
+    token membership [n_objects, grid*grid] (patch covered >= OBJECT_COVER, else its best cell)
+    and its size/colour/shape classes [n_objects, 3]."""
     tok, grid = model.tokenizer, model.cfg.grid
     open_id = tok.ids["<p>"]
-    rows, members = [], []
+    rows, members, attributes = [], [], []
     for b, (sample, answer) in enumerate(zip(samples, answers)):
         n, height, width = sample.masks.shape
         cover = sample.masks.reshape(n, grid, height // grid, grid, width // grid).mean(axis=(2, 4))
@@ -88,9 +89,10 @@ def attention_targets(model: TinyGCG, samples, answers: list[list[int]]):
         for k, start in enumerate(i for i, t in enumerate(answer) if t == open_id):
             obj = len(members)
             members.append((cover[k] >= OBJECT_COVER) | (cover[k] == cover[k].max()))
+            attributes.append([words.index(word) + 1 for words, word in zip(ATTRIBUTES, sample.phrases[k].split())])
             # size, colour, shape and [SEG] (after "</p>") are the object's own tokens
             rows += [(b, start + offset, obj) for offset in (1, 2, 3, 5)]
-    return torch.tensor(rows), torch.stack(members)
+    return torch.tensor(rows), torch.stack(members), torch.tensor(attributes)
 
 
 def make_batch(model: TinyGCG, samples):
@@ -107,28 +109,33 @@ def make_batch(model: TinyGCG, samples):
     return model.pixels([s.image for s in samples]), ids, masks, labels, attention_targets(model, samples, answers)
 
 
-def attention_loss(model: TinyGCG, layer_input, position_embeddings, visual_start: int, prompt_len: int,
-                   targets) -> torch.Tensor:
-    """-log of the head-averaged attention mass each object-naming position puts on its object."""
-    rows, members = targets
+def attention_losses(model: TinyGCG, readout: TokenAttributeHead, layer_input, position_embeddings,
+                     visual_start: int, prompt_len: int, targets) -> tuple[torch.Tensor, torch.Tensor]:
+    """For every object-naming position in ``ATTENTION_LAYER``: -log of its head-averaged
+    attention mass on the object's tokens, and the object's size/colour/shape read out of that
+    layer's attention output (so the values carry what the caption needs, not only where)."""
+    rows, members, attributes = targets
     layer = model.llm.model.layers[ATTENTION_LAYER]
     attn = layer.self_attn
     batch, length, _ = layer_input.shape
     x = layer.input_layernorm(layer_input)
     query = attn.q_proj(x).view(batch, length, -1, attn.head_dim).transpose(1, 2)
     key = attn.k_proj(x).view(batch, length, -1, attn.head_dim).transpose(1, 2)
+    value = attn.v_proj(x).view(batch, length, -1, attn.head_dim).transpose(1, 2)
     query, key = apply_rotary_pos_emb(query, key, *position_embeddings)
-    key = repeat_kv(key, attn.num_key_value_groups)
+    key, value = repeat_kv(key, attn.num_key_value_groups), repeat_kv(value, attn.num_key_value_groups)
     sample, position = rows[:, 0], prompt_len - 1 + rows[:, 1]  # the position producing that token
     scores = torch.einsum("nhd,nhtd->nht", query[sample, :, position], key[sample]) * attn.scaling
     future = torch.arange(length)[None, :] > position[:, None]
-    probs = scores.masked_fill(future[:, None], float("-inf")).softmax(-1).mean(1)
-    visual = probs[:, visual_start:visual_start + members.shape[1]]
+    probs = scores.masked_fill(future[:, None], float("-inf")).softmax(-1)
+    visual = probs.mean(1)[:, visual_start:visual_start + members.shape[1]]
     mass = (visual * members[rows[:, 2]]).sum(-1)
-    return -torch.log(mass + 1e-6).mean()
+    output = attn.o_proj(torch.einsum("nht,nhtd->nhd", probs, value[sample]).flatten(1))
+    return -torch.log(mass + 1e-6).mean(), readout.loss(output[:, None], attributes[rows[:, 2]][:, :, None])
 
 
-def loss_terms(model: TinyGCG, aux: TokenAttributeHead, pixels, answer_ids, gt_masks, labels, targets):
+def loss_terms(model: TinyGCG, aux: TokenAttributeHead, readout: TokenAttributeHead, pixels, answer_ids,
+               gt_masks, labels, targets):
     tokens, features = model.vision(pixels)
     embeds, visual_start, _ = model.embed_prompt(pixels, answer_ids, encoded=(tokens, features))
     captured = {}
@@ -154,8 +161,9 @@ def loss_terms(model: TinyGCG, aux: TokenAttributeHead, pixels, answer_ids, gt_m
     prob = pred.sigmoid().flatten(1)
     target_masks = gt_masks.flatten(1)
     dice = 1 - (2 * (prob * target_masks).sum(1) + 1) / (prob.sum(1) + target_masks.sum(1) + 1)
-    attention = attention_loss(model, captured["input"], captured["rope"], visual_start, prompt_len, targets)
-    return lm_loss, bce, dice.mean(), aux.loss(tokens, labels), attention
+    attention, read = attention_losses(model, readout, captured["input"], captured["rope"], visual_start,
+                                       prompt_len, targets)
+    return lm_loss, bce, dice.mean(), aux.loss(tokens, labels), attention, read
 
 
 def main(argv=None):
@@ -174,7 +182,9 @@ def main(argv=None):
     torch.set_num_threads(args.threads)
     model = (load_tiny_gcg(args.init) if args.init else TinyGCG(TinyGCGConfig(vocab=list(VOCAB)))).train()
     aux = TokenAttributeHead(model.cfg.token_dim)
-    optimizer = torch.optim.AdamW([*model.parameters(), *aux.parameters()], lr=args.lr, weight_decay=0.01)
+    readout = TokenAttributeHead(model.cfg.hidden)
+    optimizer = torch.optim.AdamW([*model.parameters(), *aux.parameters(), *readout.parameters()], lr=args.lr,
+                                  weight_decay=0.01)
     warmup = max(1, args.steps // 20)
 
     def schedule(step):  # linear warm-up, cosine decay to 10 %
@@ -188,8 +198,8 @@ def main(argv=None):
         samples = [curriculum_scene(args.seed, step * args.batch + i, step / args.steps, model.cfg.image_size)
                    for i in range(args.batch)]
         batch = make_batch(model, samples)
-        lm_loss, bce, dice, token_loss, attention = loss_terms(model, aux, *batch)
-        loss = lm_loss + bce + dice + token_loss + 0.5 * attention
+        lm_loss, bce, dice, token_loss, attention, read = loss_terms(model, aux, readout, *batch)
+        loss = lm_loss + bce + dice + token_loss + 0.5 * attention + read
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
@@ -197,7 +207,7 @@ def main(argv=None):
         lr_schedule.step()
         if step % 25 == 0 or step == args.steps - 1:
             print(f"step {step:5d}  lm {lm_loss.item():.4f}  bce {bce.item():.4f}  dice {dice.item():.4f}  "
-                  f"tokens {token_loss.item():.4f}  attention {attention.item():.3f}  "
+                  f"tokens {token_loss.item():.4f}  attention {attention.item():.3f}  read {read.item():.3f}  "
                   f"{time.time() - start:7.1f}s", flush=True)
         if args.save_every and step and step % args.save_every == 0:
             model.eval().save(args.out, card(args, argv, model, start, step))

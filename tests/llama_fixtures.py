@@ -1,11 +1,13 @@
-"""Tiny random Llama models and embedded batches shared by the engine and pruner tests."""
+"""Tiny random models shared by the tests: Llamas with embedded batches, and tiny_gcg checkpoints."""
 
 from __future__ import annotations
 
 import torch
 from transformers import LlamaConfig, LlamaForCausalLM
 
+from altp.data.synthetic import VOCAB
 from altp.engine import EngineInputs
+from altp.models.tiny_gcg import TinyGCG, TinyGCGConfig
 
 
 def tiny_llama(layers: int = 4, hidden: int = 64, heads: int = 4, kv_heads: int = 2,
@@ -43,3 +45,10 @@ def embedded_batch(model, prefix_lens, suffix_len=5, grid=(4, 4), seed=0) -> Eng
         starts[b] += pad
     return EngineInputs(inputs_embeds=embeds.detach(), attention_mask=mask,
                         visual_start=torch.tensor(starts), n_visual=n_visual, grid=grid)
+
+
+def save_random_tiny_gcg(directory, seed: int = 0):
+    """A randomly initialised tiny_gcg saved to ``directory``: for plumbing tests, not scores."""
+    torch.manual_seed(seed)
+    TinyGCG(TinyGCGConfig(vocab=list(VOCAB))).eval().save(directory)
+    return directory

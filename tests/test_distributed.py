@@ -15,10 +15,9 @@ from pathlib import Path
 import pytest
 import torch
 from hydra import compose, initialize_config_dir
+from llama_fixtures import save_random_tiny_gcg
 
 from altp import distributed
-from altp.data.synthetic import VOCAB
-from altp.models.tiny_gcg import TinyGCG, TinyGCGConfig
 from altp.runner import prepare_split, run
 from altp.summary import timing_summary
 
@@ -29,8 +28,7 @@ VOLATILE = {"timing", "run_dir"}  # timing aside; the run directory differs by o
 @pytest.fixture(scope="module")
 def workspace(tmp_path_factory):
     root = tmp_path_factory.mktemp("distributed")
-    torch.manual_seed(0)
-    TinyGCG(TinyGCGConfig(vocab=list(VOCAB))).eval().save(root / "weights")
+    save_random_tiny_gcg(root / "weights")
     return root
 
 

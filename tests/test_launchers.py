@@ -12,11 +12,9 @@ import sys
 from pathlib import Path
 
 import pytest
-import torch
 from hydra import compose, initialize_config_dir
+from llama_fixtures import save_random_tiny_gcg
 
-from altp.data.synthetic import VOCAB
-from altp.models.tiny_gcg import TinyGCG, TinyGCGConfig
 from altp.runner import lock_directory, prepare_split, run, run_directory
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -25,8 +23,7 @@ ROOT = Path(__file__).resolve().parents[1]
 @pytest.fixture(scope="module")
 def workspace(tmp_path_factory):
     root = tmp_path_factory.mktemp("launchers")
-    torch.manual_seed(0)
-    TinyGCG(TinyGCGConfig(vocab=list(VOCAB))).eval().save(root / "weights")
+    save_random_tiny_gcg(root / "weights")
     prepare_split(compose_cfg(*overrides(root)))  # the synthetic data, once, before parallel jobs
     return root
 

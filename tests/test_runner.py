@@ -14,11 +14,9 @@ import time
 from pathlib import Path
 
 import pytest
-import torch
 from hydra import compose, initialize_config_dir
+from llama_fixtures import save_random_tiny_gcg
 
-from altp.data.synthetic import VOCAB
-from altp.models.tiny_gcg import TinyGCG, TinyGCGConfig
 from altp.runner import ConfigError, run, run_directory, validate, write_json_atomic
 from eval.flops import flops_ratio
 
@@ -32,8 +30,7 @@ CONTRACT_KEYS = {"model", "data", "split", "pruner", "pruner_params", "keep", "v
 def workspace(tmp_path_factory):
     """A random tiny_gcg checkpoint and a small synthetic dataset, shared by the module."""
     root = tmp_path_factory.mktemp("runner")
-    torch.manual_seed(0)
-    TinyGCG(TinyGCGConfig(vocab=list(VOCAB))).eval().save(root / "weights")
+    save_random_tiny_gcg(root / "weights")
     return root
 
 

@@ -10,13 +10,11 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 from hydra import compose, initialize_config_dir
+from llama_fixtures import save_random_tiny_gcg
 from PIL import Image
 
 from altp import logger
-from altp.data.synthetic import VOCAB
-from altp.models.tiny_gcg import TinyGCG, TinyGCGConfig
 from altp.runner import run
 from altp.sweep import STATUS_FILE, SweepReport
 
@@ -26,8 +24,7 @@ ROOT = Path(__file__).resolve().parents[1]
 @pytest.fixture(scope="module")
 def workspace(tmp_path_factory):
     root = tmp_path_factory.mktemp("wandb")
-    torch.manual_seed(0)
-    TinyGCG(TinyGCGConfig(vocab=list(VOCAB))).eval().save(root / "weights")
+    save_random_tiny_gcg(root / "weights")
     return root
 
 
