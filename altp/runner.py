@@ -39,7 +39,6 @@ from altp.data import synthetic
 from altp.data.grandf import GCGSplit, encode_mask, load_image, load_split
 from altp.engine import PruningEngine
 from altp.logger import make_logger, sample_figures
-from altp.models.tiny_gcg import WEIGHTS_DIR
 from altp.summary import print_summary, record_file, record_files, summarise
 from eval.gcg import evaluate
 
@@ -95,12 +94,10 @@ def validate(cfg: DictConfig) -> None:
         value = None if OmegaConf.is_missing(cfg.model, field) else cfg.model[field]
         if value is None or not Path(value).is_dir():
             raise ConfigError(f"model.{field}={value}: folder not found; {cfg.model.get('download_hint', '')}")
-    if cfg.model.name == "tiny_gcg":
-        weights = Path(cfg.model.weights or WEIGHTS_DIR)
-        missing = [f for f in ("config.json", "model.safetensors") if not (weights / f).is_file()]
-        if missing:
-            raise ConfigError(f"model.weights={weights}: {', '.join(missing)} missing; use null for the "
-                              "packaged weights or train: python scripts/train_tiny_gcg.py --out DIR")
+    preflight = cfg.model.get("preflight")  # the model's own cheap check of its files
+    problem = instantiate(preflight) if preflight is not None else None
+    if problem:
+        raise ConfigError(problem)
     if cfg.similarity_model is not None and not Path(cfg.similarity_model).is_dir():
         raise ConfigError(f"similarity_model={cfg.similarity_model}: folder not found; give a local "
                           "bert-base-uncased folder or null")

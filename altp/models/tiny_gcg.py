@@ -230,6 +230,16 @@ class TinyGCG(nn.Module):
             (directory / "card.json").write_text(json.dumps(card, indent=1) + "\n")
 
 
+def check_weights(directory: str | Path | None = None) -> str | None:
+    """One-line problem with the weights folder (the runner's preflight), or None when loadable."""
+    directory = Path(directory or WEIGHTS_DIR)
+    missing = [f for f in ("config.json", "model.safetensors") if not (directory / f).is_file()]
+    if missing:
+        return (f"model.weights={directory}: {', '.join(missing)} missing; use null for the "
+                "packaged weights or train: python scripts/train_tiny_gcg.py --out DIR")
+    return None
+
+
 def load_tiny_gcg(directory: str | Path | None = None) -> TinyGCG:
     """Load the packaged (``None``) or any saved tiny model; a missing file is a one-line error."""
     directory = Path(directory or WEIGHTS_DIR)
