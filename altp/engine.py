@@ -49,7 +49,7 @@ class EngineInputs:
 
 @dataclass
 class GenerationOutput:
-    tokens: torch.Tensor  # [B, S] generated ids; after a sample's EOS, filled with EOS
+    tokens: torch.Tensor  # [B, S] generated ids; after a sample's EOS, filled with (the first) EOS
     lengths: list[int]  # generated tokens per sample, EOS included
     hidden: torch.Tensor  # [B, S, d] final-norm hidden state of the position that produced tokens[:, t]
     logits: torch.Tensor | None  # [B, S, V] when requested: the logits that produced tokens[:, t]
@@ -241,8 +241,10 @@ class PruningEngine:
 
     # --- generation ----------------------------------------------------------------------
     @torch.no_grad()
-    def generate(self, inputs: EngineInputs, max_new_tokens: int, eos_token_id: int | None = None,
+    def generate(self, inputs: EngineInputs, max_new_tokens: int, eos_token_id: int | list[int] | None = None,
                  return_logits: bool = False) -> GenerationOutput:
+        """Pruned prefill, then greedy decoding until every sample produced one of
+        ``eos_token_id`` (an id or a list: InternLM2 stops at ``</s>`` and ``<|im_end|>``)."""
         if "image" in self.pruner.needs and inputs.images is None:
             raise ValueError(f"pruner {self.pruner.name!r} needs the image, but the model gave none")
         clock = Clock(inputs.inputs_embeds.device)
@@ -257,18 +259,19 @@ class PruningEngine:
         batch = normed.shape[0]
         finished = torch.zeros(batch, dtype=torch.bool, device=normed.device)
         lengths = torch.zeros(batch, dtype=torch.long, device=normed.device)
+        stop = None if eos_token_id is None else torch.tensor(eos_token_id, device=normed.device).reshape(-1)
         out_tokens, out_hidden, out_logits = [], [], []
         for step in range(max_new_tokens):
             token = logits.argmax(dim=-1)
-            if eos_token_id is not None:
-                token = token.masked_fill(finished, eos_token_id)
+            if stop is not None:
+                token = token.masked_fill(finished, stop[0])
             out_tokens.append(token)
             out_hidden.append(last_hidden)
             if return_logits:
                 out_logits.append(logits)
             lengths += ~finished
-            if eos_token_id is not None:
-                finished |= token.eq(eos_token_id)
+            if stop is not None:
+                finished |= torch.isin(token, stop)
             if step == max_new_tokens - 1 or bool(finished.all()):
                 break
             last_hidden, logits = self._decode_step(token, step, layer_stages, cache)

@@ -152,7 +152,9 @@ def _short(value) -> str:
 def run_identity(cfg: DictConfig) -> dict:
     """What determines the results; a run directory holds results of exactly one identity."""
     name = pruner_name(cfg)
-    return {"model": OmegaConf.to_container(cfg.model, resolve=True),
+    model = OmegaConf.to_container(cfg.model, resolve=True)
+    # what is loaded and how; batch size, hints, file checks and declared shapes change no result
+    return {"model": {k: model[k] for k in ("name", "loader")},
             "data": OmegaConf.to_container(cfg.data, resolve=True),
             "pruner": name, "pruner_config": OmegaConf.to_container(cfg.pruner, resolve=True),
             "keep": effective_keep(cfg, name), "max_new_tokens": cfg.max_new_tokens,

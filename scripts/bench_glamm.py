@@ -31,8 +31,6 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from hydra import compose, initialize_config_dir
-from hydra.utils import instantiate
 from transformers import (
     CLIPVisionConfig,
     CLIPVisionModel,
@@ -44,7 +42,9 @@ from transformers import (
 from transformers.models.clip.image_processing_pil_clip import CLIPImageProcessorPil
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+sys.path[:0] = [str(ROOT), str(ROOT / "scripts")]
+import bench_utils  # noqa: E402  (scripts/, beside this file)
+
 from altp.data.synthetic import render_scene  # noqa: E402
 from altp.engine import Clock, PruningEngine  # noqa: E402
 from altp.models.glamm.loading import projector, text_projection  # noqa: E402
@@ -98,24 +98,7 @@ def build(shapes: dict, device: torch.device, dtype: torch.dtype) -> GLaMM:
 
 
 def pruner(name: str, keep: float, shapes: dict):
-    """The pruner exactly as ``run.py pruner=<name> keep=<keep>`` builds it (configs/pruner)."""
-    llm = shapes["llm"]
-    overrides = [f"pruner={name}", f"keep={keep}", f"model.llm.layers={llm['num_hidden_layers']}",
-                 f"model.llm.hidden={llm['hidden_size']}", f"model.llm.ffn={llm['intermediate_size']}",
-                 f"model.llm.text_tokens={len(REFERENCE_IDS) - 1}",
-                 f"model.llm.pdrop_layers=[{','.join(map(str, shapes['pdrop_layers']))}]"]
-    with initialize_config_dir(version_base="1.3", config_dir=str(ROOT / "configs")):
-        return instantiate(compose("config", overrides=overrides).pruner)
-
-
-def median_ms(fn, repeats: int, clock: Clock) -> float:
-    fn()  # warm-up
-    times = []
-    for _ in range(repeats):
-        start = clock()
-        fn()
-        times.append(clock() - start)
-    return round(1e3 * statistics.median(times), 3)
+    return bench_utils.pruner(name, keep, shapes["llm"], len(REFERENCE_IDS) - 1, shapes["pdrop_layers"])
 
 
 def ours(model: GLaMM, image: np.ndarray, new_tokens: int, segs: int) -> torch.Tensor:
@@ -164,10 +147,10 @@ def bench(tiny: bool, new_tokens: int, segs: int, repeats: int) -> dict:
                 "flops_ratio": round(flops_ratio(schedule, full_tokens, llm.hidden_size,
                                                  llm.intermediate_size), 4)}
     decode = PruningEngine(model.llm).generate(inputs, new_tokens)
-    e2e_ours = median_ms(lambda: ours(model, image, new_tokens, segs), repeats, clock)
+    e2e_ours = bench_utils.median_ms(lambda: ours(model, image, new_tokens, segs), repeats, clock)
     model.llm.set_attn_implementation("eager")
     try:
-        e2e_reference = median_ms(lambda: reference(model, image, new_tokens, segs),
+        e2e_reference = bench_utils.median_ms(lambda: reference(model, image, new_tokens, segs),
                                   max(1, repeats // 3), clock)  # slow: fewer repeats
     finally:
         model.llm.set_attn_implementation("sdpa")

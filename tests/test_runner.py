@@ -98,8 +98,10 @@ def test_end_to_end_resume_and_refusal(workspace):
     assert metrics["kept_tokens"] == [144] and metrics["prune_layers"] == [2]
     assert metrics["tokens_per_layer"][2] < metrics["tokens_per_layer"][1]
     assert not list(run_dir.glob("**/.*.tmp"))
-    # a rerun of the same config does nothing new
+    # a rerun of the same config does nothing new, also with settings that change no result
     assert run(cfg) == metrics
+    assert run(compose_cfg(*overrides(workspace, "pruner=fastv", "keep=0.25", "model.batch_size=3",
+                                      "model.llm.pdrop_layers=[1,2,3]"))) == metrics
     # a changed model default lands in the same directory: refused, then discarded on request
     changed = compose_cfg(*overrides(workspace, "pruner=fastv", "keep=0.25", "model.max_new_tokens=5"))
     assert run_directory(changed) == run_dir

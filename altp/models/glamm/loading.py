@@ -29,6 +29,7 @@ from torch import nn
 from transformers import LlamaConfig, LlamaForCausalLM, SamModel
 from transformers.models.llama.modeling_llama import LlamaRotaryEmbedding
 
+from altp.models.errors import CheckpointError  # noqa: F401  (re-exported for GLaMM callers)
 from altp.models.glamm import sam
 
 log = logging.getLogger(__name__)
@@ -41,10 +42,6 @@ ROTARY = ".rotary_emb.inv_freq"  # a persistent buffer in transformers 4.28, rec
 LLM_FIELDS = ("vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers",
               "num_attention_heads", "rms_norm_eps", "max_position_embeddings")
 SHOWN = 5  # entries listed per kind of problem; the rest are counted
-
-
-class CheckpointError(ValueError):
-    """The GLaMM (or CLIP) folder is not what the released layout promises; one line."""
 
 
 def read_config(folder: Path) -> dict:

@@ -1,0 +1,149 @@
+"""Build OMG-LLaVA from the released files (omg_llava.md §4.1-4.2), in one local folder:
+
+    internlm2-chat-7b/                               base LLM (HF folder, tokenizer.model)
+    omg_seg_convl.pth                                OMG-Seg: backbone.*, panoptic_head.* (mmengine: state_dict)
+    convnext_large_d_320_CocoPanopticOVDataset.pth   open-vocabulary class text embeddings
+    finetuned_gcg.pth                                llm.* LoRA + resized embeddings, projector.*,
+                                                     projector_text2vision.*, the GCG [SEG] decoder
+
+Every dimension comes from tensor shapes (tiny checkpoints in this layout load through the same
+code); what shapes cannot tell (attention heads, deformable points) is upstream's. Every problem
+is one ``CheckpointError`` line that names the file.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import torch
+
+from altp.models.errors import CheckpointError
+from altp.models.glamm.model import resolve_dtype
+from altp.models.omg_llava import convnext, mask2former, pixel_decoder
+from altp.models.omg_llava.internlm2 import load_internlm2_llama
+from altp.models.omg_llava.model import ObjectPixelProjector, OMGLLaVA, text_to_vision
+from altp.models.omg_llava.perception import OMGSeg
+from altp.models.omg_llava.prompt import (
+    GCG_QUESTIONS,
+    add_special_tokens,
+    build_prompt_ids,
+    load_tokenizer,
+    stop_ids,
+)
+
+log = logging.getLogger(__name__)
+PROJECTOR = "projector.model."
+TEXT2VISION = "projector_text2vision.model."
+HEADS = 8  # attention heads of the pixel decoder and the Mask2Former decoder (not in any shape)
+
+
+def check_files(llm_dir: str, seg_weights: str, class_embeddings: str, checkpoint: str) -> str | None:
+    """The runner's preflight: one line naming every missing file, or None."""
+    wanted = [Path(seg_weights), Path(class_embeddings), Path(checkpoint), Path(llm_dir) / "config.json",
+              Path(llm_dir) / "tokenizer.model"]
+    missing = [str(path) for path in wanted if not path.is_file()]
+    if missing:
+        return (f"OMG-LLaVA files missing: {', '.join(missing)}; download them from the HF repo "
+                "zhangtao-whu/OMG-LLaVA (README, OMG-LLaVA section)")
+    return None
+
+
+def read_state(path: Path, what: str) -> dict[str, torch.Tensor]:
+    """A flat ``torch.save`` state dict, or an mmengine checkpoint's ``state_dict`` (memory-mapped)."""
+    if not path.is_file():
+        raise CheckpointError(f"{what} {path} is missing")
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    except RuntimeError:  # legacy (non-zip) torch.save files cannot be memory-mapped
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    if isinstance(state, dict) and isinstance(state.get("state_dict"), dict):
+        state = state["state_dict"]
+    if not isinstance(state, dict):
+        raise CheckpointError(f"{what} {path}: expected a state dict, got {type(state).__name__}")
+    return state
+
+
+def read_class_embeddings(path: Path) -> torch.Tensor:
+    """[classes, prototypes, dim] (or [classes, dim]) text embeddings, as upstream torch.loads them."""
+    if not path.is_file():
+        raise CheckpointError(f"class embeddings {path} are missing")
+    embed = torch.load(path, map_location="cpu", weights_only=True)
+    if not isinstance(embed, torch.Tensor) or embed.dim() not in (2, 3):
+        raise CheckpointError(f"class embeddings {path}: expected a [classes, (prototypes,) dim] tensor")
+    return embed
+
+
+def build_perception(seg: dict, gcg: dict, embed: torch.Tensor, backbone_file: str | None,
+                     seg_path: Path, image_size: int, gcg_path: Path | None = None) -> OMGSeg:
+    """OMG-Seg from omg_seg_convl.pth (+ the GCG fine-tune's [SEG] decoder copies), fp32."""
+    if any(k.startswith(convnext.OMG_SEG_PREFIX) for k in seg):
+        backbone = convnext.build_released(seg, convnext.OMG_SEG_PREFIX, str(seg_path))
+    elif backbone_file:  # unverified whether the OMG-Seg file holds the trunk (omg_llava.md §8)
+        laion = read_state(Path(backbone_file), "ConvNeXt backbone")
+        backbone = convnext.build_released(laion, convnext.OPEN_CLIP_PREFIX, backbone_file)
+    else:
+        raise CheckpointError(f"{seg_path} has no backbone.* weights: pass model.backbone=<open_clip "
+                              "checkpoint of laion/CLIP-convnext_large_d_320.laion2B-s29B-b131K-ft-soup>")
+    decoder = pixel_decoder.MSDeformAttnPixelDecoder(**pixel_decoder.infer_pixel_decoder_config(seg))
+    pixel_decoder.load_released(decoder, seg, source=str(seg_path))
+    config = mask2former.infer_config(seg, llm_tensors=gcg, num_heads=HEADS, class_embed=embed)
+    head = mask2former.OMGMask2FormerHead(**config)
+    head.set_class_embed(embed)
+    source = str(seg_path)  # the _llm copies come from the GCG .pth: name it too
+    if config["llm_decoder"] and gcg_path is not None:
+        source += f" + {gcg_path} ({mask2former.LLM_PREFIX}*_llm)"
+    ignored = mask2former.load_released(head, seg, llm_tensors=gcg if config["llm_decoder"] else None,
+                                        source=source)
+    if ignored:
+        log.info("OMG-Seg: %d tensors without an inference role skipped (iou_embed, prompt embeddings)", len(ignored))
+    if not config["llm_decoder"]:
+        log.warning("no transformer_decoder_llm in the checkpoint: [SEG] is decoded by the original "
+                    "OMG-Seg decoder (right for omg_llava_7b_finetune_8gpus.pth, not for finetuned_gcg.pth)")
+    return OMGSeg(backbone, decoder, head, image_size).float().eval()
+
+
+def build_projectors(gcg: dict, path: Path) -> tuple[ObjectPixelProjector, torch.nn.Module]:
+    names = ["query_proj.weight", "model.0.weight", "model_feat.0.weight", "seperate_embed.weight"]
+    missing = [PROJECTOR + n for n in names if PROJECTOR + n not in gcg]
+    missing += [TEXT2VISION + f"{i}.weight" for i in (0, 2) if TEXT2VISION + f"{i}.weight" not in gcg]
+    if missing:
+        raise CheckpointError(f"OMG-LLaVA checkpoint {path}: {len(missing)} missing: {', '.join(missing)}")
+    feat, query = gcg[PROJECTOR + "query_proj.weight"].shape
+    hidden, pixel = gcg[PROJECTOR + "model_feat.0.weight"].shape
+    projector = ObjectPixelProjector(pixel, query, hidden, feat)
+    out, width = gcg[TEXT2VISION + "0.weight"].shape
+    text2vision = text_to_vision(width, out)
+    for module, prefix in ((projector, PROJECTOR), (text2vision, TEXT2VISION)):
+        state = {k: gcg.get(prefix + k) for k in module.state_dict()}
+        absent = [prefix + k for k, v in state.items() if v is None]
+        wrong = [prefix + k for k, v in state.items() if v is not None and v.shape != module.state_dict()[k].shape]
+        if absent or wrong:
+            raise CheckpointError(f"OMG-LLaVA checkpoint {path}: missing {absent[:5]} mismatched {wrong[:5]}")
+        module.load_state_dict(state)
+    return projector.float().eval(), text2vision.float().eval()
+
+
+def load_omg_llava(llm_dir: str, seg_weights: str, class_embeddings: str, checkpoint: str,
+                   backbone: str | None = None, dtype: str = "auto", device: str = "auto",
+                   base_weights: str = "plain", retry_questions: bool = False,
+                   image_size: int = 1024) -> OMGLLaVA:
+    """OMG-LLaVA GCG from its released files (module docstring); LLM in ``dtype``, the rest fp32."""
+    if base_weights not in ("plain", "nf4"):
+        raise ValueError(f"model.base_weights={base_weights}: choose plain or nf4")
+    if image_size % 64:
+        raise ValueError(f"model.image_size={image_size}: must be a multiple of 64 (stride 32, shuffle 2)")
+    seg_path, gcg_path = Path(seg_weights), Path(checkpoint)
+    seg, gcg = read_state(seg_path, "OMG-Seg weights"), read_state(gcg_path, "OMG-LLaVA checkpoint")
+    embed = read_class_embeddings(Path(class_embeddings))
+    perception = build_perception(seg, gcg, embed, backbone, seg_path, image_size, gcg_path)
+    projector, text2vision = build_projectors(gcg, gcg_path)
+    llm, info = load_internlm2_llama(llm_dir, gcg_path, resolve_dtype(dtype, device), nf4=base_weights == "nf4")
+    tokenizer = load_tokenizer(llm_dir)
+    ids = add_special_tokens(tokenizer)
+    if ids["embedding_rows"] != llm.config.vocab_size:  # <mark>, added after the resize, has no row
+        raise CheckpointError(f"{llm_dir}: the tokenizer has {ids['embedding_rows']} tokens with [SEG], <p>, "
+                              f"</p>, <region> but {gcg_path} embeds {llm.config.vocab_size}")
+    questions = [build_prompt_ids(tokenizer, q) for q in GCG_QUESTIONS]
+    return OMGLLaVA(perception, projector, text2vision, llm, tokenizer, questions, ids["[SEG]"],
+                    sorted(stop_ids(tokenizer)), retry_questions, details=info).eval()
