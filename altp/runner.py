@@ -44,6 +44,10 @@ from eval.gcg import evaluate
 
 CONFIG_DIR = Path(__file__).resolve().parents[1] / "configs"
 PRUNER_DIR = CONFIG_DIR / "pruner"
+MODEL_DIR = CONFIG_DIR / "model"
+# model fields that never change results (or are named elsewhere): left out of the run's name
+MODEL_FIELDS_UNNAMED = {"name", "loader", "preflight", "required_dirs", "download_hint", "batch_size",
+                        "max_new_tokens", "llm"}
 _MODEL_CACHE: dict[str, object] = {}  # the basic launcher runs a sweep in one process: load once
 
 
@@ -128,11 +132,31 @@ def run_variant(cfg: DictConfig, name: str) -> dict:
     return variant
 
 
+def model_overrides(cfg: DictConfig) -> dict:
+    """Model settings that differ from configs/model/<name>.yaml (``model.retry_questions=true``,
+    other weights...): they name the run. Mandatory fields (``???``, the download folders) are
+    not named: a run directory holding another checkpoint's results is refused instead."""
+    path = MODEL_DIR / f"{cfg.model.name}.yaml"
+    if not path.is_file():
+        return {}
+    default = OmegaConf.load(path)
+    current = OmegaConf.to_container(cfg.model, resolve=False)  # interpolations stay as written
+    named = {}
+    for key, value in current.items():
+        if key in MODEL_FIELDS_UNNAMED or key not in default or OmegaConf.is_missing(default, key):
+            continue
+        if value != OmegaConf.to_container(default, resolve=False)[key]:
+            is_path = isinstance(value, str) and ("/" in value or Path(value).exists())
+            named[key] = _path_tag(str(cfg.model[key])) if is_path else value
+    return named
+
+
 def run_directory(cfg: DictConfig) -> Path:
     name = pruner_name(cfg)
     params = ",".join(f"{k}={_short(v)}" for k, v in run_variant(cfg, name).items())
     limit = f"-limit{cfg.data.limit}" if cfg.data.get("limit") else ""
-    model = cfg.model.name + (f"[weights={_path_tag(cfg.model.weights)}]" if cfg.model.get("weights") else "")
+    settings = ",".join(f"{k}={_short(v)}" for k, v in model_overrides(cfg).items())
+    model = cfg.model.name + (f"[{settings}]" if settings else "")
     pruner = f"{name}[{params}]" if params else name
     keep = effective_keep(cfg, name)
     return (Path(cfg.output_root) / "runs" / f"{cfg.data.name}-{cfg.data.split}{limit}" / model
@@ -146,6 +170,8 @@ def _path_tag(path: str) -> str:
 
 
 def _short(value) -> str:
+    if isinstance(value, bool):
+        return str(value).lower()  # as typed on the command line
     return "-".join(map(str, value)) if isinstance(value, list) else str(value)
 
 

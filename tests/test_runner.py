@@ -57,6 +57,11 @@ def test_run_directory_names_the_config(workspace):
     seeded = run_directory(compose_cfg(*overrides(workspace, "pruner=random", "keep=0.1", "seed=3")))
     assert seeded.parts[-2:] == ("random[seed=3]", "keep0.1")
     assert run_directory(compose_cfg(*overrides(workspace, "seed=3"))).parts[-2] == "none"  # none has no seed
+    # non-default model settings that change results name the model; batch size does not
+    omg = compose_cfg("model=omg_llava", f"model.root={workspace}", "model.retry_questions=true", "model.batch_size=1")
+    assert run_directory(omg).parts[-3] == "omg_llava[retry_questions=true]"
+    glamm = compose_cfg("model=glamm", "model.checkpoint=a", "model.clip=b")
+    assert run_directory(glamm).parts[-3] == "glamm"  # the mandatory download folders are not named
 
 
 @pytest.mark.parametrize("extra,field", [(["keep=1.5"], "keep"), (["data.split=train"], "data.split"),
