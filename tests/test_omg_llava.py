@@ -178,6 +178,16 @@ def test_broken_files_are_one_line_naming_the_file(folder, tmp_path, case):
     assert "\n" not in message and name in message and what in message, message
 
 
+def test_base_weights_auto_plain_nf4(folder, model):
+    has_bnb = importlib.util.find_spec("bitsandbytes") is not None
+    assert model.deviations["llm_base_weights"] == ("nf4-dequantized" if has_bnb else "original")  # auto
+    with pytest.raises(ValueError, match="choose auto, plain or nf4"):
+        load_omg_llava(**loader_kwargs(folder), base_weights="nf5")
+    if not has_bnb:
+        with pytest.raises(ValueError, match=r"nf4 needs bitsandbytes: pip install"):
+            load_omg_llava(**loader_kwargs(folder), base_weights="nf4")
+
+
 def test_check_files_and_preflight_name_the_missing_file(folder, tmp_path):
     args = {k: v for k, v in loader_kwargs(folder).items()
             if k in ("llm_dir", "seg_weights", "class_embeddings", "checkpoint")}

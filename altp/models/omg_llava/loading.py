@@ -13,6 +13,7 @@ is one ``CheckpointError`` line that names the file.
 
 from __future__ import annotations
 
+import importlib.util
 import logging
 from pathlib import Path
 
@@ -47,6 +48,20 @@ def check_files(llm_dir: str, seg_weights: str, class_embeddings: str, checkpoin
         return (f"OMG-LLaVA files missing: {', '.join(missing)}; download them from the HF repo "
                 "zhangtao-whu/OMG-LLaVA (README, OMG-LLaVA section)")
     return None
+
+
+def resolve_base_weights(base_weights: str) -> bool:
+    """Whether to round the LLM's base weights through NF4 first, as upstream's 4-bit base:
+    ``auto`` = when bitsandbytes is installed (parity), else the plain weights; recorded in
+    metrics.json (``model_deviations.llm_base_weights``)."""
+    available = importlib.util.find_spec("bitsandbytes") is not None
+    if base_weights == "auto":
+        return available
+    if base_weights not in ("plain", "nf4"):
+        raise ValueError(f"model.base_weights={base_weights}: choose auto, plain or nf4")
+    if base_weights == "nf4" and not available:
+        raise ValueError("model.base_weights=nf4 needs bitsandbytes: pip install -e '.[nf4]' (or base_weights=plain)")
+    return base_weights == "nf4"
 
 
 def read_state(path: Path, what: str) -> dict[str, torch.Tensor]:
@@ -126,11 +141,10 @@ def build_projectors(gcg: dict, path: Path) -> tuple[ObjectPixelProjector, torch
 
 def load_omg_llava(llm_dir: str, seg_weights: str, class_embeddings: str, checkpoint: str,
                    backbone: str | None = None, dtype: str = "auto", device: str = "auto",
-                   base_weights: str = "plain", retry_questions: bool = False,
+                   base_weights: str = "auto", retry_questions: bool = False,
                    image_size: int = 1024) -> OMGLLaVA:
     """OMG-LLaVA GCG from its released files (module docstring); LLM in ``dtype``, the rest fp32."""
-    if base_weights not in ("plain", "nf4"):
-        raise ValueError(f"model.base_weights={base_weights}: choose plain or nf4")
+    nf4 = resolve_base_weights(base_weights)
     if image_size % 64:
         raise ValueError(f"model.image_size={image_size}: must be a multiple of 64 (stride 32, shuffle 2)")
     seg_path, gcg_path = Path(seg_weights), Path(checkpoint)
@@ -138,7 +152,7 @@ def load_omg_llava(llm_dir: str, seg_weights: str, class_embeddings: str, checkp
     embed = read_class_embeddings(Path(class_embeddings))
     perception = build_perception(seg, gcg, embed, backbone, seg_path, image_size, gcg_path)
     projector, text2vision = build_projectors(gcg, gcg_path)
-    llm, info = load_internlm2_llama(llm_dir, gcg_path, resolve_dtype(dtype, device), nf4=base_weights == "nf4")
+    llm, info = load_internlm2_llama(llm_dir, gcg_path, resolve_dtype(dtype, device), nf4=nf4)
     tokenizer = load_tokenizer(llm_dir)
     ids = add_special_tokens(tokenizer)
     if ids["embedding_rows"] != llm.config.vocab_size:  # <mark>, added after the resize, has no row
