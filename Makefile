@@ -29,6 +29,10 @@ bench: ## benchmarks (medians over repeats): evaluator speed, ALTP SLIC paths, p
 	$(PY) scripts/bench_altp.py
 	$(PY) scripts/bench_pruning.py
 
+bench-gpu: ## full-size GLaMM and OMG-LLaVA speed with random weights (needs a CUDA GPU)
+	$(PY) scripts/bench_glamm.py
+	$(PY) scripts/bench_omg_llava.py
+
 clean: ## remove caches (outputs/ is kept; use clean-outputs)
 	rm -rf .pytest_cache .ruff_cache build *.egg-info
 	find . -name __pycache__ -type d -prune -exec rm -rf {} +
@@ -36,4 +40,4 @@ clean: ## remove caches (outputs/ is kept; use clean-outputs)
 clean-outputs: ## delete everything runs wrote under outputs/
 	find outputs -mindepth 1 ! -name README.md -exec rm -rf {} +
 
-.PHONY: help install test test-fast lint synthetic tables bench clean clean-outputs
+.PHONY: help install test test-fast lint synthetic tables bench bench-gpu clean clean-outputs
