@@ -35,8 +35,9 @@ from altp.models.omg_llava.prompt import IMAGE_TOKEN_INDEX, decode
 from altp.models.tiny_gcg import GCGPrediction
 from eval.cleanup import clean_caption
 
-CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
-CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
+# the OMG-LLaVA configs' CLIPImageProcessor values (4 decimals, not the usual CLIP 8-decimal ones)
+CLIP_MEAN = (0.4814, 0.4578, 0.4082)
+CLIP_STD = (0.2686, 0.2613, 0.2757)
 PAD_COLOUR = tuple(int(m * 255) for m in CLIP_MEAN)  # (122, 116, 104), as expand2square gets it
 SUPERPIXEL_SIZE = 336  # the square ALTP segments: as GLaMM's 336 px crops (21 px per token cell), same SLIC cost
 
@@ -176,7 +177,7 @@ class OMGLLaVA(nn.Module):
                 masks = self.masks(image, states, encoded_b, 0)
             else:
                 masks = self.masks(image, states, encoded, b)
-            caption, phrases = clean_caption(decode(self.tokenizer, ids))
+            caption, phrases = clean_caption(decode(self.tokenizer, ids), drop_bos=True)  # process_and_save_output
             predictions.append(GCGPrediction(caption, phrases, masks))
         return predictions, out
 
