@@ -46,8 +46,8 @@ CONFIG_DIR = Path(__file__).resolve().parents[1] / "configs"
 PRUNER_DIR = CONFIG_DIR / "pruner"
 MODEL_DIR = CONFIG_DIR / "model"
 # model fields that never change results (or are named elsewhere): left out of the run's name
-MODEL_FIELDS_UNNAMED = {"name", "loader", "preflight", "required_dirs", "download_hint", "batch_size",
-                        "max_new_tokens", "llm"}
+MODEL_FIELDS_UNNAMED = {"name", "loader", "preflight", "fingerprint", "required_dirs", "download_hint",
+                        "batch_size", "max_new_tokens", "llm"}
 _MODEL_CACHE: dict[str, object] = {}  # the basic launcher runs a sweep in one process: load once
 
 
@@ -180,7 +180,10 @@ def run_identity(cfg: DictConfig) -> dict:
     name = pruner_name(cfg)
     model = OmegaConf.to_container(cfg.model, resolve=True)
     # what is loaded and how; batch size, hints, file checks and declared shapes change no result
-    return {"model": {k: model[k] for k in ("name", "loader")},
+    identity = {k: model[k] for k in ("name", "loader")}
+    if cfg.model.get("fingerprint") is not None:  # the weights' content, where cheap to hash
+        identity["weights"] = instantiate(cfg.model.fingerprint)
+    return {"model": identity,
             "data": OmegaConf.to_container(cfg.data, resolve=True),
             "pruner": name, "pruner_config": OmegaConf.to_container(cfg.pruner, resolve=True),
             "keep": effective_keep(cfg, name), "max_new_tokens": cfg.max_new_tokens,
@@ -270,7 +273,7 @@ def _generate_synthetic(root: Path, generate: dict, wanted: dict) -> None:
 
 
 def load_model(cfg: DictConfig, device: torch.device):
-    key = json.dumps(OmegaConf.to_container(cfg.model, resolve=True), sort_keys=True) + str(device)
+    key = json.dumps(run_identity(cfg)["model"], sort_keys=True) + str(device)  # incl. the weights' content
     if key not in _MODEL_CACHE:
         _MODEL_CACHE.clear()
         try:

@@ -30,11 +30,12 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
+from safetensors.torch import load_file
 from transformers.models.llama.modeling_llama import apply_rotary_pos_emb, repeat_kv
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from altp.data.synthetic import COLOURS, SHAPES, SIZES, VOCAB, render_scene, scene_seed  # noqa: E402
-from altp.models.tiny_gcg import WEIGHTS_DIR, TinyGCG, TinyGCGConfig, load_tiny_gcg  # noqa: E402
+from altp.models.tiny_gcg import WEIGHTS_DIR, TinyGCG, TinyGCGConfig  # noqa: E402
 
 ATTRIBUTES = (list(SIZES), sorted(COLOURS), list(SHAPES))  # class 0 of each = background
 # Curriculum over the objects per scene (fraction of training done -> max objects): a model
@@ -136,8 +137,8 @@ def attention_losses(model: TinyGCG, readout: TokenAttributeHead, layer_input, p
 
 def loss_terms(model: TinyGCG, aux: TokenAttributeHead, readout: TokenAttributeHead, pixels, answer_ids,
                gt_masks, labels, targets):
-    tokens, features = model.vision(pixels)
-    embeds, visual_start, _ = model.embed_prompt(pixels, answer_ids, encoded=(tokens, features))
+    encoded = model.vision(pixels)
+    embeds, visual_start, _ = model.embed_prompt(pixels, answer_ids, encoded=encoded)
     captured = {}
 
     def capture(_module, args, kwargs):
@@ -156,14 +157,14 @@ def loss_terms(model: TinyGCG, aux: TokenAttributeHead, readout: TokenAttributeH
     lm_loss = F.cross_entropy(logits.flatten(0, 1), target.flatten(), ignore_index=-100)
 
     sample, step = (answer_ids == model.tokenizer.seg_id).nonzero(as_tuple=True)
-    pred = model.mask_logits(producing[sample, step], features, sample)
+    pred = model.mask_logits(producing[sample, step], encoded, sample)
     bce = F.binary_cross_entropy_with_logits(pred, gt_masks)
     prob = pred.sigmoid().flatten(1)
     target_masks = gt_masks.flatten(1)
     dice = 1 - (2 * (prob * target_masks).sum(1) + 1) / (prob.sum(1) + target_masks.sum(1) + 1)
     attention, read = attention_losses(model, readout, captured["input"], captured["rope"], visual_start,
                                        prompt_len, targets)
-    return lm_loss, bce, dice.mean(), aux.loss(tokens, labels), attention, read
+    return lm_loss, bce, dice.mean(), aux.loss(encoded[0], labels), attention, read
 
 
 def main(argv=None):
@@ -176,11 +177,13 @@ def main(argv=None):
     parser.add_argument("--out", type=Path, default=WEIGHTS_DIR)
     parser.add_argument("--save-every", type=int, default=250, help="also save every N steps (resumable look)")
     parser.add_argument("--init", type=Path, default=None, help="start from these weights instead of random")
+    parser.add_argument("--start-progress", type=float, default=0.0,
+                        help="curriculum position of step 0 (a continuation with --init: 0.35 = the last stage)")
     args = parser.parse_args(argv)
 
     torch.manual_seed(args.seed)
     torch.set_num_threads(args.threads)
-    model = (load_tiny_gcg(args.init) if args.init else TinyGCG(TinyGCGConfig(vocab=list(VOCAB)))).train()
+    model = (init_from(args.init) if args.init else TinyGCG(TinyGCGConfig(vocab=list(VOCAB)))).train()
     aux = TokenAttributeHead(model.cfg.token_dim)
     readout = TokenAttributeHead(model.cfg.hidden)
     optimizer = torch.optim.AdamW([*model.parameters(), *aux.parameters(), *readout.parameters()], lr=args.lr,
@@ -195,7 +198,8 @@ def main(argv=None):
     lr_schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
     start = time.time()
     for step in range(args.steps):
-        samples = [curriculum_scene(args.seed, step * args.batch + i, step / args.steps, model.cfg.image_size)
+        progress = args.start_progress + (1 - args.start_progress) * step / args.steps
+        samples = [curriculum_scene(args.seed, step * args.batch + i, progress, model.cfg.image_size)
                    for i in range(args.batch)]
         batch = make_batch(model, samples)
         lm_loss, bce, dice, token_loss, attention, read = loss_terms(model, aux, readout, *batch)
@@ -215,6 +219,18 @@ def main(argv=None):
     final = card(args, argv, model, start, args.steps)
     model.eval().save(args.out, final)
     print(json.dumps(final))
+
+
+def init_from(directory: Path) -> TinyGCG:
+    """Weights of an earlier run; parameters it did not have yet (a module added since) keep
+    their fresh initialisation and are listed."""
+    model = TinyGCG(TinyGCGConfig(**json.loads((directory / "config.json").read_text())))
+    missing, unexpected = model.load_state_dict(load_file(str(directory / "model.safetensors")), strict=False)
+    if unexpected:
+        raise SystemExit(f"--init {directory}: unknown parameters {unexpected[:5]}")
+    if missing:
+        print(f"--init {directory}: new parameters start fresh: {', '.join(missing)}", flush=True)
+    return model
 
 
 def card(args, argv, model, start, steps_done) -> dict:

@@ -117,6 +117,16 @@ def test_end_to_end_resume_and_refusal(workspace):
     assert run(changed)["max_new_tokens"] == 5
 
 
+def test_retrained_weights_in_the_same_folder_are_not_taken_for_the_old(tmp_path):
+    weights = save_random_tiny_gcg(tmp_path / "weights", seed=1)
+    args = [f"model.weights={weights}", f"output_root={tmp_path}", "data.generate.n_val=1", "data.generate.n_test=1",
+            "model.max_new_tokens=2", "progress=false"]
+    run(compose_cfg(*args))
+    save_random_tiny_gcg(weights, seed=2)  # same folder, same config, other weights
+    with pytest.raises(ConfigError, match=r"changed: model"):
+        run(compose_cfg(*args))
+
+
 def test_flops_of_a_pruner_before_the_llm(workspace):
     metrics = run(compose_cfg(*overrides(workspace, "pruner=divprune", "keep=0.25", "data.limit=2")))
     assert metrics["n_images"] == 2 and metrics["prune_layers"] == [0]

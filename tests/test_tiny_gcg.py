@@ -49,9 +49,9 @@ def test_predict_cleans_the_caption_and_decodes_one_mask_per_seg(model):
     assert len(prediction.masks) == 2 and all(m.shape == (100, 150) and m.dtype == bool for m in prediction.masks)
     # each mask comes from the hidden state of the step that produced its [SEG]
     steps = [t for t, i in enumerate(engine.ids) if i == model.tokenizer.seg_id]
-    _, features = model.engine_inputs([np.asarray(image.resize((192, 192), Image.BILINEAR))])
+    _, encoded = model.engine_inputs([np.asarray(image.resize((192, 192), Image.BILINEAR))])
     with torch.no_grad():
-        logits = model.mask_logits(engine.hidden[0, steps], features, torch.zeros(2, dtype=torch.long))
+        logits = model.mask_logits(engine.hidden[0, steps], encoded, torch.zeros(2, dtype=torch.long))
     expected = F.interpolate(logits[:, None], size=(100, 150), mode="bilinear", align_corners=False)[:, 0] > 0
     assert np.array_equal(np.stack(prediction.masks), expected.numpy())
 
@@ -64,3 +64,22 @@ def test_weights_round_trip_and_missing_file(model, tmp_path):
     (tmp_path / "w" / "model.safetensors").unlink()
     with pytest.raises(FileNotFoundError, match="model.safetensors"):
         load_tiny_gcg(tmp_path / "w")
+
+
+@pytest.mark.slow
+def test_packaged_weights_reproduce_their_card(tmp_path):
+    """The shipped model, run as `python run.py` runs it, scores what its card says (unpruned,
+    synthetic val): catches any drift in the model code, the engine, the data or the evaluator."""
+    import json
+
+    from hydra import compose, initialize_config_dir
+
+    from altp.models.tiny_gcg import WEIGHTS_DIR
+    from altp.runner import CONFIG_DIR, run
+
+    card = json.loads((WEIGHTS_DIR / "card.json").read_text())["unpruned_synthetic_val"]
+    with initialize_config_dir(version_base="1.3", config_dir=str(CONFIG_DIR)):
+        cfg = compose("config", overrides=[f"output_root={tmp_path}", "progress=false"])
+    metrics = run(cfg)
+    for name, value in card.items():
+        assert metrics[name] == pytest.approx(value, abs=2e-3), name  # a flipped greedy token or two at most

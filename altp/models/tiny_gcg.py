@@ -6,7 +6,8 @@ Same data flow as GLaMM (reference/glamm.md), scaled down:
     as CLIP has) -> MLP projector -> spliced into the prompt at <image>
     -> transformers LlamaForCausalLM, run by our PruningEngine (pruners act here)
     -> for every generated [SEG]: the final-norm hidden state of the step that produced it
-    -> text_hidden_fcs -> mask head over the encoder's 48 x 48 pixel features (the SAM role)
+    -> text_hidden_fcs -> mask head: coarse map on the encoder's 24 x 24 tokens, refined on its
+       48 x 48 pixel features (the SAM role)
 
 The prompt has text before and after the image (system text, then the instruction), so "the
 last prompt token" and text-token FLOPs mean what they mean for GLaMM. The tokenizer is
@@ -15,7 +16,9 @@ word-level: the synthetic captions use a closed vocabulary (altp.data.synthetic.
 
 from __future__ import annotations
 
+import hashlib
 import json
+import math
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -86,7 +89,7 @@ def _conv(cin, cout, stride=1):
 
 
 class VisionEncoder(nn.Module):
-    """Conv stem: stride-4 pixel features for masks, stride-(size/grid) tokens for the LLM."""
+    """Conv stem: stride-2 and stride-4 pixel features for masks, stride-(size/grid) tokens for the LLM."""
 
     def __init__(self, cfg: TinyGCGConfig):
         super().__init__()
@@ -98,30 +101,56 @@ class VisionEncoder(nn.Module):
         self.token_pos = nn.Parameter(torch.randn(cfg.grid * cfg.grid, cfg.token_dim) * 0.02)
         self.pixel_pos = nn.Parameter(torch.randn(cfg.pixel_dim, side, side) * 0.02)
 
-    def forward(self, pixels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        features = self.pixel(pixels)
+    def forward(self, pixels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """-> tokens [B, grid², token_dim], stride-4 features [B, pixel_dim, S/4, S/4] and the
+        stride-2 stem output [B, 32, S/2, S/2] (the mask head sharpens edges with it)."""
+        fine = self.pixel[0](pixels)
+        features = self.pixel[1:](fine)
         tokens = self.tokens(features).flatten(2).transpose(1, 2) + self.token_pos
-        return tokens, features + self.pixel_pos
+        return tokens, features + self.pixel_pos, fine
 
 
 class MaskHead(nn.Module):
-    """Per-pixel MLP conditioned on the [SEG] query (added to projected pixel features).
+    """SAM-lite: the [SEG] query first finds its object on the token grid (a dot product with
+    the encoder's tokens, which know each object's size, colour and shape), then a small conv
+    stack refines that coarse map at stride 4 with the pixel features (edges, exact extent).
 
-    ``project`` runs once per image; ``forward`` once per mask, on the cheap part only.
+    A per-pixel MLP on pixel features alone could not do the first step: a stride-4 pixel sees
+    ~15 px, so two red circles of different sizes look alike to it. The head reads the full
+    encoder output, as GLaMM's SAM reads the full image: pruning never reaches it.
+    Small objects (a 12 px circle is 3 stride-4 cells) lose their outline in a stride-4 map, so
+    a last stage adds a correction at stride 2 from the stem's edges (U-Net-style skip).
+    ``project`` runs once per image; ``forward`` once per mask.
     """
 
     def __init__(self, cfg: TinyGCGConfig):
         super().__init__()
         self.pixel_proj = nn.Conv2d(cfg.pixel_dim, cfg.mask_dim, 1)
+        self.token_proj = nn.Linear(cfg.token_dim, cfg.mask_dim)
         self.query_proj = nn.Linear(cfg.mask_dim, cfg.mask_dim)
-        self.out = nn.Sequential(nn.Conv2d(cfg.mask_dim, 32, 1), nn.GELU(), nn.Conv2d(32, 1, 3, 1, 1))
+        self.refine = nn.Sequential(nn.Conv2d(cfg.mask_dim + 1, 32, 3, 1, 1), nn.GELU(),
+                                    nn.Conv2d(32, 32, 3, 1, 1), nn.GELU(), nn.Conv2d(32, 1, 3, 1, 1))
+        self.fine_proj = nn.Conv2d(32, 16, 1)
+        self.sharpen = nn.Sequential(nn.Conv2d(17, 16, 3, 1, 1), nn.GELU(), nn.Conv2d(16, 1, 3, 1, 1))
+        nn.init.zeros_(self.sharpen[-1].weight)  # a residual correction: starts as plain upsampling
+        nn.init.zeros_(self.sharpen[-1].bias)
 
-    def project(self, features: torch.Tensor) -> torch.Tensor:
-        return self.pixel_proj(features)
+    def project(self, tokens: torch.Tensor, features: torch.Tensor, fine: torch.Tensor):
+        """The encoder's tokens, stride-4 and stride-2 features -> mask space (once per image)."""
+        return self.token_proj(tokens), self.pixel_proj(features), self.fine_proj(fine)
 
-    def forward(self, queries: torch.Tensor, projected: torch.Tensor, size: int) -> torch.Tensor:
-        """queries [n, mask_dim], projected features [n, mask_dim, h, w] -> logits [n, size, size]."""
-        logits = self.out(F.gelu(projected + self.query_proj(queries)[:, :, None, None]))
+    def forward(self, queries: torch.Tensor, keys: torch.Tensor, projected: torch.Tensor, fine: torch.Tensor,
+                size: int) -> torch.Tensor:
+        """queries [n, d], token keys [n, grid², d], stride-4 [n, d, h, w] and stride-2 [n, 16, 2h, 2w]
+        features -> logits [n, size, size]."""
+        n, tokens, dim = keys.shape
+        grid = math.isqrt(tokens)
+        coarse = torch.einsum("nd,ntd->nt", queries, keys).view(n, 1, grid, grid) / math.sqrt(dim)
+        coarse = F.interpolate(coarse, size=projected.shape[-2:], mode="bilinear", align_corners=False)
+        local = F.gelu(projected + self.query_proj(queries)[:, :, None, None])
+        logits = self.refine(torch.cat([local, coarse], 1)) + coarse
+        logits = F.interpolate(logits, size=fine.shape[-2:], mode="bilinear", align_corners=False)
+        logits = logits + self.sharpen(torch.cat([fine, logits], 1))
         return F.interpolate(logits, size=(size, size), mode="bilinear", align_corners=False)[:, 0]
 
 
@@ -157,12 +186,12 @@ class TinyGCG(nn.Module):
     def embed_prompt(self, pixels: torch.Tensor, answer_ids: torch.Tensor | None = None, encoded=None):
         """Prompt (+ optional teacher-forced answer) embeddings with the image spliced in.
 
-        Returns (embeds [B, T, d], visual_start, pixel features). ``encoded``: the vision
-        encoder's (tokens, features) when the caller already has them. Every sample shares the
+        Returns (embeds [B, T, d], visual_start, the vision encoder's output (tokens, features,
+        fine)). ``encoded``: that output when the caller already has it. Every sample shares the
         prompt, so no padding is needed here; the engine still supports padded batches.
         """
-        visual, features = encoded if encoded is not None else self.vision(pixels)
-        visual = self.projector(visual)
+        encoded = encoded if encoded is not None else self.vision(pixels)
+        visual = self.projector(encoded[0])
         prompt = self.tokenizer.prompt_ids()
         start = prompt.index(self.tokenizer.image_id)
         ids = torch.tensor(prompt, device=pixels.device)
@@ -170,23 +199,26 @@ class TinyGCG(nn.Module):
         parts = [text[:, :start], visual, text[:, start + 1:]]
         if answer_ids is not None:
             parts.append(self.llm.model.embed_tokens(answer_ids))
-        return torch.cat(parts, dim=1), start, features
+        return torch.cat(parts, dim=1), start, encoded
 
-    def engine_inputs(self, images: list[np.ndarray]) -> tuple[EngineInputs, torch.Tensor]:
+    def engine_inputs(self, images: list[np.ndarray]) -> tuple[EngineInputs, tuple[torch.Tensor, ...]]:
         pixels = self.pixels(images).to(self.llm.device)
-        embeds, start, features = self.embed_prompt(pixels)
+        embeds, start, encoded = self.embed_prompt(pixels)
         batch = embeds.shape[0]
         inputs = EngineInputs(
             inputs_embeds=embeds,
             attention_mask=torch.ones(batch, embeds.shape[1], dtype=torch.long, device=embeds.device),
             visual_start=torch.full((batch,), start, device=embeds.device), n_visual=self.cfg.grid ** 2,
             grid=(self.cfg.grid, self.cfg.grid), images=[im.astype(np.float32) / 255.0 for im in images])
-        return inputs, features
+        return inputs, encoded
 
-    def mask_logits(self, seg_hidden: torch.Tensor, features: torch.Tensor, image_of: torch.Tensor) -> torch.Tensor:
-        """[SEG] states [n, d], pixel features [B, C, h, w], image index [n] -> logits [n, H, W]."""
-        projected = self.mask_head.project(features)[image_of]
-        return self.mask_head(self.text_hidden_fcs(seg_hidden), projected, self.cfg.image_size)
+    def mask_logits(self, seg_hidden: torch.Tensor, encoded: tuple[torch.Tensor, torch.Tensor],
+                    image_of: torch.Tensor) -> torch.Tensor:
+        """[SEG] states [n, d], the vision encoder's output for the batch, image index [n] ->
+        logits [n, H, W]."""
+        keys, projected, fine = self.mask_head.project(*encoded)
+        return self.mask_head(self.text_hidden_fcs(seg_hidden), keys[image_of], projected[image_of], fine[image_of],
+                              self.cfg.image_size)
 
     @property
     def n_visual(self) -> int:
@@ -202,7 +234,7 @@ class TinyGCG(nn.Module):
         """
         size = self.cfg.image_size
         arrays = [np.asarray(im.convert("RGB").resize((size, size), Image.BILINEAR)) for im in images]
-        inputs, features = self.engine_inputs(arrays)
+        inputs, encoded = self.engine_inputs(arrays)
         out = engine.generate(inputs, max_new_tokens, eos_token_id=self.tokenizer.eos_id)
         predictions = []
         for b, image in enumerate(images):
@@ -213,8 +245,8 @@ class TinyGCG(nn.Module):
             steps = [t for t, token in enumerate(ids) if token == self.tokenizer.seg_id]
             masks = []
             if steps:
-                image_of = torch.full((len(steps),), b, device=features.device)
-                logits = self.mask_logits(out.hidden[b, steps], features, image_of)
+                image_of = torch.full((len(steps),), b, device=out.hidden.device)
+                logits = self.mask_logits(out.hidden[b, steps], encoded, image_of)
                 logits = F.interpolate(logits[:, None], size=(image.height, image.width), mode="bilinear",
                                        align_corners=False)[:, 0]
                 masks = list((logits > 0).cpu().numpy())
@@ -228,6 +260,13 @@ class TinyGCG(nn.Module):
         (directory / "config.json").write_text(json.dumps(asdict(self.cfg), indent=1) + "\n")
         if card is not None:
             (directory / "card.json").write_text(json.dumps(card, indent=1) + "\n")
+
+
+def weights_fingerprint(directory: str | Path | None = None) -> str:
+    """sha1 of the weights file: part of a run's identity, so results of other (e.g. retrained
+    packaged) weights are never taken for this model's."""
+    path = Path(directory or WEIGHTS_DIR) / "model.safetensors"
+    return hashlib.sha1(path.read_bytes()).hexdigest() if path.is_file() else "missing"
 
 
 def check_weights(directory: str | Path | None = None) -> str | None:
