@@ -7,7 +7,7 @@ Same data flow as GLaMM (reference/glamm.md), scaled down:
     -> transformers LlamaForCausalLM, run by our PruningEngine (pruners act here)
     -> for every generated [SEG]: the final-norm hidden state of the step that produced it
     -> text_hidden_fcs -> mask head: coarse map on the encoder's 24 x 24 tokens, refined on its
-       48 x 48 pixel features (the SAM role)
+       48 x 48 and sharpened on its 96 x 96 pixel features (the SAM role)
 
 The prompt has text before and after the image (system text, then the instruction), so "the
 last prompt token" and text-token FLOPs mean what they mean for GLaMM. The tokenizer is
