@@ -23,9 +23,7 @@ Reported, median of ``--repeats`` after one warm-up:
 
 from __future__ import annotations
 
-import argparse
 import json
-import statistics
 import sys
 from pathlib import Path
 
@@ -50,7 +48,6 @@ from altp.engine import Clock, PruningEngine  # noqa: E402
 from altp.models.glamm.loading import projector, text_projection  # noqa: E402
 from altp.models.glamm.model import GLaMM  # noqa: E402
 from altp.models.glamm.prompt import REFERENCE_IDS  # noqa: E402
-from eval.flops import flops_ratio  # noqa: E402
 
 PRUNERS = ("none", "fastv", "pdrop", "altp")
 KEEPS = (1.0, 0.5, 0.25, 0.1)
@@ -139,13 +136,7 @@ def bench(tiny: bool, new_tokens: int, segs: int, repeats: int) -> dict:
     for name in PRUNERS:
         for keep in (1.0,) if name == "none" else KEEPS:
             engine = PruningEngine(model.llm, pruner(name, keep, shapes))
-            runs = [engine.generate(inputs, 1) for _ in range(repeats + 1)][1:]
-            schedule = runs[0].tokens_per_layer
-            prefill.setdefault(name, {})[str(keep)] = {
-                "ms": round(1e3 * statistics.median(r.timing["prefill"] for r in runs), 3),
-                "pruner_ms": round(1e3 * statistics.median(r.timing["pruner"] for r in runs), 3),
-                "flops_ratio": round(flops_ratio(schedule, full_tokens, llm.hidden_size,
-                                                 llm.intermediate_size), 4)}
+            prefill.setdefault(name, {})[str(keep)] = bench_utils.prefill_row(engine, inputs, repeats, full_tokens, llm)
     decode = PruningEngine(model.llm).generate(inputs, new_tokens)
     e2e_ours = bench_utils.median_ms(lambda: ours(model, image, new_tokens, segs), repeats, clock)
     model.llm.set_attn_implementation("eager")
@@ -167,12 +158,7 @@ def bench(tiny: bool, new_tokens: int, segs: int, repeats: int) -> dict:
 
 
 def main(argv: list[str] | None = None) -> dict:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--tiny", action="store_true", help="small shapes on CPU")
-    parser.add_argument("--new-tokens", type=int, default=128, help="caption length (no EOS)")
-    parser.add_argument("--segs", type=int, default=4, help="[SEG] masks decoded per caption")
-    parser.add_argument("--repeats", type=int, default=5)
-    parser.add_argument("--json", action="store_true", help="print JSON only")
+    parser = bench_utils.arguments(__doc__.splitlines()[0], new_tokens=128, stop="EOS")
     args = parser.parse_args(argv)
     if not 1 <= args.segs <= args.new_tokens:
         parser.error("--segs must be between 1 and --new-tokens")
@@ -182,10 +168,7 @@ def main(argv: list[str] | None = None) -> dict:
     else:
         print(f"{result['device']} {result['dtype']}, {result['shapes']}, "
               f"prefill {result['prefill_tokens']} tokens")
-        for name, keeps in result["prefill_ms"].items():
-            for keep, row in keeps.items():
-                print(f"  prefill {name:6s} keep {keep:>4s}: {row['ms']:9.2f} ms   "
-                      f"FLOPs {100 * row['flops_ratio']:5.1f} %")
+        bench_utils.print_prefill(result["prefill_ms"])
         print(f"  decode: {result['decode_ms_per_token']:.2f} ms / token")
         e2e = result["end_to_end_ms"]
         print(f"  end to end, {args.new_tokens} tokens: ours {e2e['ours']:.1f} ms, reference "

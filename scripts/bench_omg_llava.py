@@ -24,9 +24,7 @@ Reported, median of ``--repeats`` after one warm-up:
 
 from __future__ import annotations
 
-import argparse
 import json
-import statistics
 import sys
 from pathlib import Path
 
@@ -46,7 +44,6 @@ from altp.models.omg_llava.model import ObjectPixelProjector, OMGLLaVA, text_to_
 from altp.models.omg_llava.perception import SHUFFLE, OMGSeg  # noqa: E402
 from altp.models.omg_llava.pixel_decoder import MSDeformAttnPixelDecoder  # noqa: E402
 from altp.models.omg_llava.prompt import IMAGE_TOKEN_INDEX  # noqa: E402
-from eval.flops import flops_ratio  # noqa: E402
 
 PRUNERS = ("none", "fastv", "pdrop", "altp")
 KEEPS = (1.0, 0.25, 0.1)
@@ -125,12 +122,7 @@ def bench(tiny: bool, new_tokens: int, segs: int, repeats: int) -> dict:
     for name in PRUNERS:
         for keep in (1.0,) if name == "none" else KEEPS:
             engine = PruningEngine(model.llm, pruner(name, keep, shapes, PROMPT_TEXT + 1 + objects))
-            runs = [engine.generate(inputs, 1) for _ in range(repeats + 1)][1:]
-            prefill.setdefault(name, {})[str(keep)] = {
-                "ms": round(1e3 * statistics.median(r.timing["prefill"] for r in runs), 3),
-                "pruner_ms": round(1e3 * statistics.median(r.timing["pruner"] for r in runs), 3),
-                "flops_ratio": round(flops_ratio(runs[0].tokens_per_layer, full_tokens, llm.hidden_size,
-                                                 llm.intermediate_size), 4)}
+            prefill.setdefault(name, {})[str(keep)] = bench_utils.prefill_row(engine, inputs, repeats, full_tokens, llm)
             if keep in (1.0, 0.1):
                 e2e[f"{name} {keep}"] = bench_utils.median_ms(
                     lambda engine=engine: end_to_end(model, engine, image, new_tokens, segs), max(1, repeats // 2), clock)
@@ -147,12 +139,7 @@ def bench(tiny: bool, new_tokens: int, segs: int, repeats: int) -> dict:
 
 
 def main(argv: list[str] | None = None) -> dict:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--tiny", action="store_true", help="small shapes on CPU")
-    parser.add_argument("--new-tokens", type=int, default=100, help="caption length (no stop token)")
-    parser.add_argument("--segs", type=int, default=4, help="[SEG] masks decoded per caption")
-    parser.add_argument("--repeats", type=int, default=5)
-    parser.add_argument("--json", action="store_true", help="print JSON only")
+    parser = bench_utils.arguments(__doc__.splitlines()[0], new_tokens=100, stop="stop token")
     args = parser.parse_args(argv)
     if not 1 <= args.segs < args.new_tokens:
         parser.error("--segs must be between 1 and --new-tokens - 1")
@@ -163,9 +150,7 @@ def main(argv: list[str] | None = None) -> dict:
     print(f"{result['device']} {result['dtype']}, {result['shapes']}: prefill {result['prefill_tokens']} "
           f"tokens ({result['pixel_tokens']} pixel, {result['object_tokens']} object)")
     print(f"  perception + projector: {result['perception_ms']:.1f} ms")
-    for name, keeps in result["prefill_ms"].items():
-        for keep, row in keeps.items():
-            print(f"  prefill {name:6s} keep {keep:>4s}: {row['ms']:9.2f} ms   FLOPs {100 * row['flops_ratio']:5.1f} %")
+    bench_utils.print_prefill(result["prefill_ms"])
     print(f"  decode: {result['decode_ms_per_token']:.2f} ms / token")
     for run, ms in result["end_to_end_ms"].items():
         print(f"  end to end ({args.new_tokens} tokens, {args.segs} masks) {run}: {ms:.1f} ms")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import statistics
 from pathlib import Path
 
@@ -9,6 +10,7 @@ from hydra import compose, initialize_config_dir
 from hydra.utils import instantiate
 
 from altp.engine import Clock
+from eval.flops import flops_ratio
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 
@@ -33,3 +35,30 @@ def median_ms(fn, repeats: int, clock: Clock) -> float:
         fn()
         times.append(clock() - start)
     return round(1e3 * statistics.median(times), 3)
+
+
+def prefill_row(engine, inputs, repeats: int, full_tokens: int, llm_config) -> dict:
+    """One pruner/keep: median prefill and pruner ms over ``repeats`` (after a warm-up) beside
+    the FLOPs ratio of the token schedule it ran (eval.flops)."""
+    runs = [engine.generate(inputs, 1) for _ in range(repeats + 1)][1:]
+    return {"ms": round(1e3 * statistics.median(r.timing["prefill"] for r in runs), 3),
+            "pruner_ms": round(1e3 * statistics.median(r.timing["pruner"] for r in runs), 3),
+            "flops_ratio": round(flops_ratio(runs[0].tokens_per_layer, full_tokens, llm_config.hidden_size,
+                                             llm_config.intermediate_size), 4)}
+
+
+def print_prefill(prefill: dict) -> None:
+    for name, keeps in prefill.items():
+        for keep, row in keeps.items():
+            print(f"  prefill {name:6s} keep {keep:>4s}: {row['ms']:9.2f} ms   FLOPs {100 * row['flops_ratio']:5.1f} %")
+
+
+def arguments(description: str, new_tokens: int, stop: str) -> argparse.ArgumentParser:
+    """The options both model benchmarks take."""
+    parser = argparse.ArgumentParser(description=description)
+    parser.add_argument("--tiny", action="store_true", help="small shapes on CPU")
+    parser.add_argument("--new-tokens", type=int, default=new_tokens, help=f"caption length (no {stop})")
+    parser.add_argument("--segs", type=int, default=4, help="[SEG] masks decoded per caption")
+    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--json", action="store_true", help="print JSON only")
+    return parser
