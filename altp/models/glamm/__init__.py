@@ -4,7 +4,7 @@
 holds the GCG prompt and its ids, ``model`` runs inference through ``altp.engine``.
 """
 
-from altp.models.glamm.loading import CheckpointError
+from altp.models.errors import CheckpointError
 from altp.models.glamm.model import GLaMM, load_glamm
 
 __all__ = ["CheckpointError", "GLaMM", "load_glamm"]

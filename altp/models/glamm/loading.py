@@ -29,7 +29,7 @@ from torch import nn
 from transformers import LlamaConfig, LlamaForCausalLM, SamModel
 from transformers.models.llama.modeling_llama import LlamaRotaryEmbedding
 
-from altp.models.errors import CheckpointError  # noqa: F401  (re-exported for GLaMM callers)
+from altp.models.errors import CheckpointError, listed
 from altp.models.glamm import sam
 
 log = logging.getLogger(__name__)
@@ -41,7 +41,6 @@ PROJECTOR, TEXT_FCS, REGION = "model.mm_projector.", "model.text_hidden_fcs.", "
 ROTARY = ".rotary_emb.inv_freq"  # a persistent buffer in transformers 4.28, recomputed today
 LLM_FIELDS = ("vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers",
               "num_attention_heads", "rms_norm_eps", "max_position_embeddings")
-SHOWN = 5  # entries listed per kind of problem; the rest are counted
 
 
 def read_config(folder: Path) -> dict:
@@ -111,11 +110,6 @@ def _checkpoint_key(part: str, local: str) -> str | None:
     return (PROJECTOR if part == "projector" else TEXT_FCS) + local
 
 
-def _listed(kind: str, items: list[str]) -> str:
-    extra = f" (+{len(items) - SHOWN} more)" if len(items) > SHOWN else ""
-    return f"{len(items)} {kind}: {', '.join(items[:SHOWN])}{extra}"
-
-
 def load_parts(folder: Path, clip_width: int, dtype: torch.dtype) -> tuple[dict[str, nn.Module], dict]:
     """(modules llm / projector / text_hidden_fcs / sam in ``dtype``, config.json) from ``folder``."""
     config = read_config(folder)
@@ -151,7 +145,7 @@ def load_parts(folder: Path, clip_width: int, dtype: torch.dtype) -> tuple[dict[
     unexpected = [k for k in tensors if k not in expected]
     wrong = [f"{k} {list(tensors[k].shape)} in the file, {list(shape)} expected"
              for k, (_, _, shape) in expected.items() if k in tensors and tuple(tensors[k].shape) != shape]
-    problems += [_listed(kind, items) for kind, items in
+    problems += [listed(kind, items) for kind, items in
                  (("missing keys", missing), ("unexpected keys", unexpected), ("shape mismatches", wrong))
                  if items]
     if problems:

@@ -36,8 +36,9 @@ from transformers.models.clip.image_processing_pil_clip import CLIPImageProcesso
 from transformers.utils import logging as hf_logging
 
 from altp.engine import EngineInputs, GenerationOutput, PruningEngine
+from altp.models.errors import CheckpointError
 from altp.models.glamm import sam as sam_ops
-from altp.models.glamm.loading import CheckpointError, load_parts
+from altp.models.glamm.loading import load_parts
 from altp.models.glamm.prompt import IMAGE_TOKEN_INDEX, build_prompt_ids
 from altp.models.tiny_gcg import GCGPrediction
 from eval.cleanup import clean_caption

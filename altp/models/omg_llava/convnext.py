@@ -33,13 +33,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from altp.models.errors import CheckpointError
+from altp.models.errors import CheckpointError, raise_problems
 
 OMG_SEG_PREFIX = "backbone."  # OpenCLIPBackbone_omgseg inside OMGSegVisualEncoder
 OPEN_CLIP_PREFIX = "visual.trunk."  # open_clip CLIP.visual (TimmModel).trunk
 LARGE_DIMS = (192, 384, 768, 1536)  # convnext_large
 LARGE_DEPTHS = (3, 3, 27, 3)
-SHOWN = 5  # problems listed per kind in a CheckpointError; the rest are counted
 
 
 class LayerNorm2d(nn.LayerNorm):
@@ -164,11 +163,6 @@ def infer_convnext_config(tensors: dict[str, torch.Tensor], prefix: str = "") ->
             "patch_size": stem.shape[-1]}
 
 
-def _listed(kind: str, items: list[str]) -> str:
-    extra = f" (+{len(items) - SHOWN} more)" if len(items) > SHOWN else ""
-    return f"{len(items)} {kind}: {', '.join(items[:SHOWN])}{extra}"
-
-
 def load_exact(module: nn.Module, named: dict[str, torch.Tensor], names: dict[str, str],
                where: str) -> None:
     """Copy ``named[names[k]]`` into each entry ``k`` of ``module.state_dict()``; every missing
@@ -181,11 +175,8 @@ def load_exact(module: nn.Module, named: dict[str, torch.Tensor], names: dict[st
     mismatched = [f"{names[k]} {list(named[k].shape)} vs {list(v.shape)}"
                   for k, v in own.items() if k in named and named[k].shape != v.shape]
     unexpected = [names.get(k, k) for k in named if k not in own]
-    problems = [_listed(kind, items) for kind, items in (
-        ("missing", missing), ("shape mismatches (checkpoint vs model)", mismatched),
-        ("unexpected", unexpected)) if items]
-    if problems:
-        raise CheckpointError(f"{where}: " + "; ".join(problems))
+    raise_problems(where, [("missing", missing), ("shape mismatches (checkpoint vs model)", mismatched),
+                           ("unexpected", unexpected)])
     with torch.no_grad():
         for key, value in own.items():
             value.copy_(named[key])

@@ -36,7 +36,7 @@ from safetensors import safe_open
 from transformers import LlamaConfig, LlamaForCausalLM
 from transformers.models.llama.modeling_llama import LlamaRotaryEmbedding
 
-from altp.models.errors import CheckpointError
+from altp.models.errors import CheckpointError, raise_problems
 
 log = logging.getLogger(__name__)
 
@@ -52,18 +52,10 @@ LINEARS = {"attention.wqkv": None, "attention.wo": "self_attn.o_proj",
            "feed_forward.w2": "mlp.down_proj"}
 NORMS = {"attention_norm": "input_layernorm", "ffn_norm": "post_attention_layernorm"}
 FROM_PTH = ("model.tok_embeddings.weight", "output.weight")  # resized copies live in the .pth
-SHOWN = 5
-
-
-def _listed(kind: str, items: list[str]) -> str:
-    extra = f" (+{len(items) - SHOWN} more)" if len(items) > SHOWN else ""
-    return f"{len(items)} {kind}: {', '.join(items[:SHOWN])}{extra}"
 
 
 def _raise(path: Path, problems: list[tuple[str, list[str]]]) -> None:
-    found = [_listed(kind, items) for kind, items in problems if items]
-    if found:
-        raise CheckpointError(f"OMG-LLaVA LLM {path}: " + "; ".join(found))
+    raise_problems(f"OMG-LLaVA LLM {path}", problems)
 
 
 def read_config(folder: Path) -> dict:

@@ -24,7 +24,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from altp.models.errors import CheckpointError
+from altp.models.errors import CheckpointError, listed, raise_problems
 
 PREFIX = "panoptic_head."
 LLM_PREFIX = "visual_encoder.panoptic_head."
@@ -35,7 +35,6 @@ LLM_PARTS = ("transformer_decoder_llm.", "mask_embed_llm.")
 UNUSED_PARTS = ("iou_embed.", "mask_tokens.", "pb_embedding.", "pos_linear.", "pixel_decoder.",
                 "additional_cross_attn_layers.", "additional_ffn.")
 LOGIT_SCALE = 4.6052  # ``logit=None`` in the config -> ln(1/0.01); the logits use its exp()
-SHOWN = 5
 
 
 def _mlp3(channels: int, out_channels: int) -> nn.Sequential:
@@ -329,10 +328,6 @@ def released_state_dict(module: OMGMask2FormerHead, prefix: str = PREFIX) -> dic
     return {prefix + k: v.detach().clone() for k, v in module.state_dict().items()}
 
 
-def _tail(items: list[str]) -> str:
-    return ", ".join(items[:SHOWN]) + (f" (+{len(items) - SHOWN} more)" if len(items) > SHOWN else "")
-
-
 def load_released(module: OMGMask2FormerHead, tensors: Mapping[str, torch.Tensor],
                   prefix: str = PREFIX, llm_tensors: Mapping[str, torch.Tensor] | None = None,
                   llm_prefix: str = LLM_PREFIX, source: str = "OMG-Seg head") -> list[str]:
@@ -358,11 +353,7 @@ def load_released(module: OMGMask2FormerHead, tensors: Mapping[str, torch.Tensor
     for key in tensors:
         if key.startswith(prefix) and key[len(prefix):] not in wanted:
             (ignored if key[len(prefix):].startswith(UNUSED_PARTS) else unexpected).append(key)
-    if missing or mismatched or unexpected:
-        parts = [f"{len(items)} {what}: {_tail(items)}" for what, items in
-                 (("missing", missing), ("shape mismatches", mismatched),
-                  ("unexpected", unexpected)) if items]
-        raise CheckpointError(f"{source}: " + "; ".join(parts))
+    raise_problems(source, [("missing", missing), ("shape mismatches", mismatched), ("unexpected", unexpected)])
     module.load_state_dict(state, strict=True)
     return ignored
 
@@ -378,8 +369,7 @@ def infer_config(tensors: Mapping[str, torch.Tensor], prefix: str = PREFIX,
               "cls_proj.4.weight", "transformer_decoder.layers.0.ffn.layers.0.0.weight"]
     absent = [prefix + k for k in needed if prefix + k not in tensors]
     if absent:
-        raise CheckpointError(f"OMG-Seg head: cannot infer its config, {len(absent)} missing: "
-                              f"{_tail(absent)}")
+        raise CheckpointError(f"OMG-Seg head: cannot infer its config, {listed('missing', absent)}")
     pattern = re.compile(re.escape(prefix) + r"transformer_decoder\.layers\.(\d+)\.")
     layers = {int(m.group(1)) for k in tensors if (m := pattern.match(k))}
     num_queries, channels = tensors[prefix + "query_feat.weight"].shape
