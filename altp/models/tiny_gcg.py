@@ -236,18 +236,25 @@ class TinyGCG(nn.Module):
         arrays = [np.asarray(im.convert("RGB").resize((size, size), Image.BILINEAR)) for im in images]
         inputs, encoded = self.engine_inputs(arrays)
         out = engine.generate(inputs, max_new_tokens, eos_token_id=self.tokenizer.eos_id)
-        predictions = []
-        for b, image in enumerate(images):
+        answers, steps = [], []
+        for b in range(len(images)):
             ids = out.tokens[b, :out.lengths[b]].tolist()
             if ids and ids[-1] == self.tokenizer.eos_id:
                 ids = ids[:-1]
+            answers.append(ids)
+            steps.append([t for t, token in enumerate(ids) if token == self.tokenizer.seg_id])
+        # every [SEG] of the batch in one mask-head call: the per-image projection runs once
+        image_of = torch.tensor([b for b, s in enumerate(steps) for _ in s], dtype=torch.long)
+        if len(image_of):
+            states = out.hidden[image_of.to(out.hidden.device), [t for s in steps for t in s]]
+            all_logits = self.mask_logits(states, encoded, image_of.to(out.hidden.device)).split(
+                [len(s) for s in steps])
+        predictions = []
+        for b, (image, ids) in enumerate(zip(images, answers)):
             caption, phrases = clean_caption(self.tokenizer.decode(ids))
-            steps = [t for t, token in enumerate(ids) if token == self.tokenizer.seg_id]
             masks = []
-            if steps:
-                image_of = torch.full((len(steps),), b, device=out.hidden.device)
-                logits = self.mask_logits(out.hidden[b, steps], encoded, image_of)
-                logits = F.interpolate(logits[:, None], size=(image.height, image.width), mode="bilinear",
+            if steps[b]:
+                logits = F.interpolate(all_logits[b][:, None], size=(image.height, image.width), mode="bilinear",
                                        align_corners=False)[:, 0]
                 masks = list((logits > 0).cpu().numpy())
             predictions.append(GCGPrediction(caption, phrases, masks))

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import torch
 
-from altp.models.errors import CheckpointError
+from altp.models.errors import CheckpointError, raise_problems
 from altp.models.glamm.model import resolve_dtype
 from altp.models.omg_llava import convnext, mask2former, pixel_decoder
 from altp.models.omg_llava.internlm2 import load_internlm2_llama
@@ -120,21 +120,19 @@ def build_perception(seg: dict, gcg: dict, embed: torch.Tensor, backbone_file: s
 
 def build_projectors(gcg: dict, path: Path) -> tuple[ObjectPixelProjector, torch.nn.Module]:
     names = ["query_proj.weight", "model.0.weight", "model_feat.0.weight", "seperate_embed.weight"]
-    missing = [PROJECTOR + n for n in names if PROJECTOR + n not in gcg]
-    missing += [TEXT2VISION + f"{i}.weight" for i in (0, 2) if TEXT2VISION + f"{i}.weight" not in gcg]
-    if missing:
-        raise CheckpointError(f"OMG-LLaVA checkpoint {path}: {len(missing)} missing: {', '.join(missing)}")
+    needed = [PROJECTOR + n for n in names] + [TEXT2VISION + "0.weight"]  # the shapes that size them
+    raise_problems(f"OMG-LLaVA checkpoint {path}", [("missing", [k for k in needed if k not in gcg])])
     feat, query = gcg[PROJECTOR + "query_proj.weight"].shape
     hidden, pixel = gcg[PROJECTOR + "model_feat.0.weight"].shape
     projector = ObjectPixelProjector(pixel, query, hidden, feat)
     out, width = gcg[TEXT2VISION + "0.weight"].shape
     text2vision = text_to_vision(width, out)
     for module, prefix in ((projector, PROJECTOR), (text2vision, TEXT2VISION)):
-        state = {k: gcg.get(prefix + k) for k in module.state_dict()}
-        absent = [prefix + k for k, v in state.items() if v is None]
-        wrong = [prefix + k for k, v in state.items() if v is not None and v.shape != module.state_dict()[k].shape]
-        if absent or wrong:
-            raise CheckpointError(f"OMG-LLaVA checkpoint {path}: missing {absent[:5]} mismatched {wrong[:5]}")
+        own = module.state_dict()
+        state = {k: gcg[prefix + k] for k in own if prefix + k in gcg}
+        raise_problems(f"OMG-LLaVA checkpoint {path}", [
+            ("missing", [prefix + k for k in own if k not in state]),
+            ("shape mismatches", [prefix + k for k, v in state.items() if v.shape != own[k].shape])])
         module.load_state_dict(state)
     return projector.float().eval(), text2vision.float().eval()
 
