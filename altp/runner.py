@@ -139,13 +139,13 @@ def model_overrides(cfg: DictConfig) -> dict:
     path = MODEL_DIR / f"{cfg.model.name}.yaml"
     if not path.is_file():
         return {}
-    default = OmegaConf.load(path)
+    default = OmegaConf.to_container(OmegaConf.load(path), resolve=False)
     current = OmegaConf.to_container(cfg.model, resolve=False)  # interpolations stay as written
     named = {}
     for key, value in current.items():
-        if key in MODEL_FIELDS_UNNAMED or key not in default or OmegaConf.is_missing(default, key):
+        if key in MODEL_FIELDS_UNNAMED or key not in default or default[key] == "???":
             continue
-        if value != OmegaConf.to_container(default, resolve=False)[key]:
+        if value != default[key]:
             is_path = isinstance(value, str) and ("/" in value or Path(value).exists())
             named[key] = _path_tag(str(cfg.model[key])) if is_path else value
     return named

@@ -83,16 +83,25 @@ def llama_config(config: dict, vocab_size: int) -> LlamaConfig:
         tie_word_embeddings=False, attention_bias=False, attn_implementation="sdpa")
 
 
-def read_pth(path: Path) -> dict[str, torch.Tensor]:
-    """The .pth's ``llm.*`` tensors, renamed: prefix off, peft's ``.base_layer`` and ``.default``
-    adapter name dropped (``guess_load_checkpoint`` also accepts ``{'state_dict': ...}``)."""
+def read_state(path: Path, what: str) -> dict[str, torch.Tensor]:
+    """A flat ``torch.save`` state dict, or an mmengine checkpoint's ``state_dict`` (memory-mapped)."""
     if not path.is_file():
-        raise CheckpointError(f"OMG-LLaVA checkpoint {path} is missing")
-    try:  # mmap: several GB of LoRA, read only when merged
+        raise CheckpointError(f"{what} {path} is missing")
+    try:
         state = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
-    except RuntimeError:  # legacy (non-zip) torch.save format cannot be mmapped
+    except RuntimeError:  # legacy (non-zip) torch.save files cannot be memory-mapped
         state = torch.load(path, map_location="cpu", weights_only=True)
-    state = state.get("state_dict", state)
+    if isinstance(state, dict) and isinstance(state.get("state_dict"), dict):
+        state = state["state_dict"]
+    if not isinstance(state, dict):
+        raise CheckpointError(f"{what} {path}: expected a state dict, got {type(state).__name__}")
+    return state
+
+
+
+def llm_tensors(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """The .pth's ``llm.*`` tensors, renamed: prefix off, peft's ``.base_layer`` and ``.default``
+    adapter name dropped."""
     return {k[len(PTH_PREFIX):].replace(".base_layer.", ".").replace(".default.", "."): v
             for k, v in state.items() if k.startswith(PTH_PREFIX)}
 
@@ -192,15 +201,17 @@ def split_wqkv(wqkv: torch.Tensor, heads: int, kv_heads: int) -> tuple[torch.Ten
 
 
 def load_internlm2_llama(folder: str | Path, pth: str | Path, dtype: torch.dtype = torch.bfloat16,
-                         lora_scale: float = LORA_SCALE, nf4: bool = False) -> tuple[LlamaForCausalLM, dict]:
+                         lora_scale: float = LORA_SCALE, nf4: bool = False,
+                         state: dict[str, torch.Tensor] | None = None) -> tuple[LlamaForCausalLM, dict]:
     """(``LlamaForCausalLM`` in ``dtype``, info for metrics.json) from an InternLM2 HF folder and
-    an OMG-LLaVA ``.pth``: LoRA merged, vocabulary resized to the .pth's embedding rows."""
+    an OMG-LLaVA ``.pth``: LoRA merged, vocabulary resized to the .pth's embedding rows.
+    ``state``: the .pth's contents when the caller has already read them (it is named by ``pth``)."""
     folder, pth_path = Path(folder), Path(pth)
     if nf4 and importlib.util.find_spec("bitsandbytes") is None:
         raise ImportError("nf4=True needs bitsandbytes: pip install bitsandbytes")
     config = read_config(folder)
     base = _expected_base(config)
-    weights = read_pth(pth_path)
+    weights = llm_tensors(state if state is not None else read_state(pth_path, "OMG-LLaVA checkpoint"))
     _check_pth(pth_path, weights, base, config["hidden_size"])
 
     shards = [_Shard(path) for path in _shard_files(folder)]

@@ -22,7 +22,7 @@ import torch
 from altp.models.errors import CheckpointError, raise_problems
 from altp.models.glamm.model import resolve_dtype
 from altp.models.omg_llava import convnext, mask2former, pixel_decoder
-from altp.models.omg_llava.internlm2 import load_internlm2_llama
+from altp.models.omg_llava.internlm2 import load_internlm2_llama, read_state
 from altp.models.omg_llava.model import ObjectPixelProjector, OMGLLaVA, text_to_vision
 from altp.models.omg_llava.perception import OMGSeg
 from altp.models.omg_llava.prompt import (
@@ -62,21 +62,6 @@ def resolve_base_weights(base_weights: str) -> bool:
     if base_weights == "nf4" and not available:
         raise ValueError("model.base_weights=nf4 needs bitsandbytes: pip install -e '.[nf4]' (or base_weights=plain)")
     return base_weights == "nf4"
-
-
-def read_state(path: Path, what: str) -> dict[str, torch.Tensor]:
-    """A flat ``torch.save`` state dict, or an mmengine checkpoint's ``state_dict`` (memory-mapped)."""
-    if not path.is_file():
-        raise CheckpointError(f"{what} {path} is missing")
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
-    except RuntimeError:  # legacy (non-zip) torch.save files cannot be memory-mapped
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    if isinstance(state, dict) and isinstance(state.get("state_dict"), dict):
-        state = state["state_dict"]
-    if not isinstance(state, dict):
-        raise CheckpointError(f"{what} {path}: expected a state dict, got {type(state).__name__}")
-    return state
 
 
 def read_class_embeddings(path: Path) -> torch.Tensor:
@@ -150,7 +135,7 @@ def load_omg_llava(llm_dir: str, seg_weights: str, class_embeddings: str, checkp
     embed = read_class_embeddings(Path(class_embeddings))
     perception = build_perception(seg, gcg, embed, backbone, seg_path, image_size, gcg_path)
     projector, text2vision = build_projectors(gcg, gcg_path)
-    llm, info = load_internlm2_llama(llm_dir, gcg_path, resolve_dtype(dtype, device), nf4=nf4)
+    llm, info = load_internlm2_llama(llm_dir, gcg_path, resolve_dtype(dtype, device), nf4=nf4, state=gcg)
     tokenizer = load_tokenizer(llm_dir)
     ids = add_special_tokens(tokenizer)
     if ids["embedding_rows"] != llm.config.vocab_size:  # <mark>, added after the resize, has no row
