@@ -24,6 +24,10 @@ synthetic: ## write synthetic GranD-f val/test into outputs/synthetic
 tables: ## render outputs/tables/table{1,2,3,4}.{md,tex,csv} from every metrics.json under outputs/runs
 	$(PY) -m eval.tables --runs outputs/runs --out outputs/tables
 
+testbed-report: ## how the tiny model reacts to pruning beside GLaMM (sweep=realism, then outputs/tables/realism.md)
+	$(PY) run.py sweep=realism progress=false
+	$(PY) scripts/testbed_report.py
+
 bench: ## benchmarks (medians over repeats): evaluator speed, ALTP SLIC paths, pruner overhead + prefill vs FLOPs
 	$(PY) scripts/bench_eval.py
 	$(PY) scripts/bench_altp.py
@@ -40,4 +44,4 @@ clean: ## remove caches (outputs/ is kept; use clean-outputs)
 clean-outputs: ## delete everything runs wrote under outputs/
 	find outputs -mindepth 1 ! -name README.md -exec rm -rf {} +
 
-.PHONY: help install test test-fast lint synthetic tables bench bench-gpu clean clean-outputs
+.PHONY: help install test test-fast lint synthetic tables testbed-report bench bench-gpu clean clean-outputs

@@ -1,21 +1,31 @@
 """Train tiny_gcg on the synthetic training stream, unpruned (as GLaMM is trained).
 
-    python scripts/train_tiny_gcg.py --steps 1500 --out altp/models/weights
+    python scripts/train_tiny_gcg.py --perception-from PERCEPTION --out DIR      # start
+    python scripts/train_tiny_gcg.py --perception-from PERCEPTION --out DIR --resume  # continue
 
 Loss = next-token cross entropy on the answer ("The image shows a <p> small red circle </p>
 [SEG] ...", then </s>) + mask loss (BCE + Dice) for every [SEG], whose query is the final-norm
-hidden state of the position that *produced* [SEG] — exactly what the engine hands the mask
-head at inference — + a dense auxiliary loss on the vision encoder's tokens: each token
-classifies the size, colour and shape of the object covering most of its patch (or
-background). GLaMM starts from a pretrained CLIP; this auxiliary head plays that role for an
-encoder trained from scratch (without it the LLM sat at the image-blind caption entropy for
-hundreds of steps). The head is training-only and not shipped. The same holds for the
-LLM: trained from scratch, its answer positions kept attending uniformly to all 576 visual
-tokens, where a small object is a few tokens, and the captions stayed image-blind. So the
-positions that produce an object's size, colour, shape and [SEG] are also taught where that
-object is: in one layer (``ATTENTION_LAYER``), their head-averaged attention mass on the
-object's tokens is pushed up (-log mass), as supervised attention does for alignment. It only
-shapes training; inference is the plain model. Deterministic for a seed.
+hidden state of the position that *produced* [SEG]: exactly what the engine hands the mask head
+at inference. Nothing else: no loss touches the LLM's attention, so the layers where pruners
+read (FastV: K-1) and act (K, PDrop's stages) learn whatever the task makes them learn.
+
+The recipe follows GLaMM's (GLaMM paper Sec. 3-4): its perception (CLIP, SAM's encoder) comes
+pretrained and stays frozen while the projector, the LLM and the mask decoder are trained.
+Here the perception is an earlier tiny_gcg's vision encoder (``--perception-from``: a weights
+folder whose encoder was trained with a dense token-attribute loss, the role CLIP
+pre-training plays); its mask head, projector and token embeddings initialise ours and keep
+training. The decoder layers start fresh.
+
+What a pretrained LLM brings that a from-scratch one lacks is robustness to where things sit
+in the sequence. So each step varies the layout, never the content: a random run of prompt
+words before the system text (0..``MAX_PREFIX``, text before the image, as prompts differ) and
+a random offset added to every position id (0..``MAX_OFFSET``). Inference uses the plain
+prompt at offset 0. Inputs are never pruned in training (the real models never were).
+
+Deterministic for a seed: the scenes of step s are fixed by (seed, s) and the layout draw by a
+generator seeded with (seed, s). ``--resume`` continues from ``DIR/checkpoint.pt`` (weights,
+optimizer, schedule, step) and ends with the same weights as an uninterrupted run; a
+checkpoint is written every ``--checkpoint-minutes`` and at the end.
 """
 
 from __future__ import annotations
@@ -23,6 +33,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import os
 import sys
 import time
 from pathlib import Path
@@ -31,19 +42,26 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from safetensors.torch import load_file
-from transformers.models.llama.modeling_llama import apply_rotary_pos_emb, repeat_kv
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from altp.data.synthetic import COLOURS, SHAPES, SIZES, VOCAB, render_scene, scene_seed  # noqa: E402
-from altp.models.tiny_gcg import WEIGHTS_DIR, TinyGCG, TinyGCGConfig  # noqa: E402
+from altp.data.synthetic import render_scene, scene_seed  # noqa: E402
+from altp.models.tiny_gcg import (  # noqa: E402
+    INSTRUCTION,
+    SYSTEM_TEXT,
+    TinyGCG,
+    TinyGCGConfig,
+)
 
-ATTRIBUTES = (list(SIZES), sorted(COLOURS), list(SHAPES))  # class 0 of each = background
-# Curriculum over the objects per scene (fraction of training done -> max objects): a model
-# from scratch first learns to find one or two objects, then to order many. Evaluation scenes
-# have 1..6 objects; the last stage trains on exactly that distribution.
+# Curriculum over the objects per scene (fraction of training done -> max objects): first find
+# one or two objects, then order many. Evaluation scenes have 1..6 objects; the last stage trains
+# on exactly that distribution.
 CURRICULUM = ((0.15, 2), (0.35, 4), (1.0, 6))
-ATTENTION_LAYER = 2  # the LLM layer whose attention is supervised (0-based; FastV ranks with layer 1)
-OBJECT_COVER = 0.2  # a token belongs to an object covering at least this share of its patch
+MAX_PREFIX = 24  # extra prompt words before the system text
+MAX_OFFSET = 256  # added to every position id
+ARCHITECTURE = ("layers", "hidden", "heads", "intermediate")  # --layers ... -> TinyGCGConfig
+INHERITED_REQUIRED = ("vision.", "mask_head.")
+INHERITED_IF_SAME_SHAPE = ("projector.", "llm.model.embed_tokens.", "llm.lm_head.")
+RESUME_MUST_MATCH = ("steps", "batch", "lr", "seed", "perception_from", *ARCHITECTURE)
 
 
 def curriculum_scene(seed: int, index: int, progress: float, image_size: int):
@@ -51,195 +69,156 @@ def curriculum_scene(seed: int, index: int, progress: float, image_size: int):
     return render_scene(scene_seed(seed, "train", index), image_size, 1, max_objects)
 
 
-def token_labels(sample, grid: int) -> torch.Tensor:
-    """[3, grid*grid] size/colour/shape class of the object covering most of each token's patch."""
-    n, height, width = sample.masks.shape
-    cover = sample.masks.reshape(n, grid, height // grid, grid, width // grid).mean(axis=(2, 4))
-    owner = cover.argmax(0).reshape(-1)
-    present = cover.max(0).reshape(-1) > 0.5
-    labels = torch.zeros(3, grid * grid, dtype=torch.long)
-    for obj, phrase in enumerate(sample.phrases):
-        for row, (words, word) in enumerate(zip(ATTRIBUTES, phrase.split())):
-            labels[row, torch.from_numpy((owner == obj) & present)] = words.index(word) + 1
-    return labels
+def layout(model: TinyGCG, seed: int, step: int, batch: int) -> tuple[list[int], torch.Tensor]:
+    """This step's extra words before the system text (one draw per batch, so it stays
+    rectangular) and per-sample position offsets."""
+    generator = torch.Generator().manual_seed(seed * 1_000_003 + step)
+    words = model.tokenizer.encode(f"{SYSTEM_TEXT} {INSTRUCTION}")
+    n_prefix = int(torch.randint(0, MAX_PREFIX + 1, (), generator=generator))
+    prefix = [words[int(i)] for i in torch.randint(0, len(words), (n_prefix,), generator=generator)]
+    return prefix, torch.randint(0, MAX_OFFSET + 1, (batch, 1), generator=generator)
 
 
-class TokenAttributeHead(torch.nn.Module):
-    """Training-only: per-token size/colour/shape logits from the vision encoder's tokens."""
-
-    def __init__(self, dim: int):
-        super().__init__()
-        self.heads = torch.nn.ModuleList(torch.nn.Linear(dim, len(words) + 1) for words in ATTRIBUTES)
-
-    def loss(self, tokens: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-        return sum(F.cross_entropy(head(tokens).flatten(0, 1), labels[:, row].flatten())
-                   for row, head in enumerate(self.heads)) / len(self.heads)
-
-
-def attention_targets(model: TinyGCG, samples, answers: list[list[int]]):
-    """(sample, answer index, object) for every answer token naming an object, each object's
-    token membership [n_objects, grid*grid] (patch covered >= OBJECT_COVER, else its best cell)
-    and its size/colour/shape classes [n_objects, 3]."""
-    tok, grid = model.tokenizer, model.cfg.grid
-    open_id = tok.ids["<p>"]
-    rows, members, attributes = [], [], []
-    for b, (sample, answer) in enumerate(zip(samples, answers)):
-        n, height, width = sample.masks.shape
-        cover = sample.masks.reshape(n, grid, height // grid, grid, width // grid).mean(axis=(2, 4))
-        cover = torch.from_numpy(cover.reshape(n, -1))
-        for k, start in enumerate(i for i, t in enumerate(answer) if t == open_id):
-            obj = len(members)
-            members.append((cover[k] >= OBJECT_COVER) | (cover[k] == cover[k].max()))
-            attributes.append([words.index(word) + 1 for words, word in zip(ATTRIBUTES, sample.phrases[k].split())])
-            # size, colour, shape and [SEG] (after "</p>") are the object's own tokens
-            rows += [(b, start + offset, obj) for offset in (1, 2, 3, 5)]
-    return torch.tensor(rows), torch.stack(members), torch.tensor(attributes)
-
-
-def make_batch(model: TinyGCG, samples):
-    """Pixels, right-padded answer ids (+EOS), GT masks of every [SEG] in order, token labels,
-    and the attention targets."""
+def make_batch(model: TinyGCG, samples, device: torch.device):
+    """Pixels, right-padded answer ids (+EOS) and the GT masks of every [SEG] in order."""
     tok = model.tokenizer
     answers = [tok.encode(s.answer) + [tok.eos_id] for s in samples]
-    width = max(map(len, answers))
-    ids = torch.full((len(samples), width), tok.pad_id)
+    ids = torch.full((len(samples), max(map(len, answers))), tok.pad_id)
     for b, answer in enumerate(answers):
         ids[b, :len(answer)] = torch.tensor(answer)
     masks = torch.from_numpy(np.concatenate([s.masks for s in samples])).float()
-    labels = torch.stack([token_labels(s, model.cfg.grid) for s in samples])
-    return model.pixels([s.image for s in samples]), ids, masks, labels, attention_targets(model, samples, answers)
+    return model.pixels([s.image for s in samples]).to(device), ids.to(device), masks.to(device)
 
 
-def attention_losses(model: TinyGCG, readout: TokenAttributeHead, layer_input, position_embeddings,
-                     visual_start: int, prompt_len: int, targets) -> tuple[torch.Tensor, torch.Tensor]:
-    """For every object-naming position in ``ATTENTION_LAYER``: -log of its head-averaged
-    attention mass on the object's tokens, and the object's size/colour/shape read out of that
-    layer's attention output (so the values carry what the caption needs, not only where)."""
-    rows, members, attributes = targets
-    layer = model.llm.model.layers[ATTENTION_LAYER]
-    attn = layer.self_attn
-    batch, length, _ = layer_input.shape
-    x = layer.input_layernorm(layer_input)
-    query = attn.q_proj(x).view(batch, length, -1, attn.head_dim).transpose(1, 2)
-    key = attn.k_proj(x).view(batch, length, -1, attn.head_dim).transpose(1, 2)
-    value = attn.v_proj(x).view(batch, length, -1, attn.head_dim).transpose(1, 2)
-    query, key = apply_rotary_pos_emb(query, key, *position_embeddings)
-    key, value = repeat_kv(key, attn.num_key_value_groups), repeat_kv(value, attn.num_key_value_groups)
-    sample, position = rows[:, 0], prompt_len - 1 + rows[:, 1]  # the position producing that token
-    scores = torch.einsum("nhd,nhtd->nht", query[sample, :, position], key[sample]) * attn.scaling
-    future = torch.arange(length)[None, :] > position[:, None]
-    probs = scores.masked_fill(future[:, None], float("-inf")).softmax(-1)
-    visual = probs.mean(1)[:, visual_start:visual_start + members.shape[1]]
-    mass = (visual * members[rows[:, 2]]).sum(-1)
-    output = attn.o_proj(torch.einsum("nht,nhtd->nhd", probs, value[sample]).flatten(1))
-    return -torch.log(mass + 1e-6).mean(), readout.loss(output[:, None], attributes[rows[:, 2]][:, :, None])
-
-
-def loss_terms(model: TinyGCG, aux: TokenAttributeHead, readout: TokenAttributeHead, pixels, answer_ids,
-               gt_masks, labels, targets):
-    encoded = model.vision(pixels)
-    embeds, visual_start, _ = model.embed_prompt(pixels, answer_ids, encoded=encoded)
-    captured = {}
-
-    def capture(_module, args, kwargs):
-        captured["input"] = args[0] if args else kwargs["hidden_states"]
-        captured["rope"] = kwargs["position_embeddings"]
-
-    hook = model.llm.model.layers[ATTENTION_LAYER].register_forward_pre_hook(capture, with_kwargs=True)
-    try:
-        hidden = model.llm.model(inputs_embeds=embeds).last_hidden_state  # final norm applied
-    finally:
-        hook.remove()
+def loss_terms(model: TinyGCG, pixels, answer_ids, gt_masks, prefix, offsets):
+    with torch.no_grad():  # frozen perception
+        encoded = model.vision(pixels)
+    embeds, _, _ = model.embed_prompt(pixels, answer_ids, encoded=encoded, prefix=prefix)
+    positions = torch.arange(embeds.shape[1], device=embeds.device)[None] + offsets.to(embeds.device)
+    hidden = model.llm.model(inputs_embeds=embeds, position_ids=positions).last_hidden_state
     prompt_len = embeds.shape[1] - answer_ids.shape[1]
     producing = hidden[:, prompt_len - 1:-1]  # position i produces answer token i
-    logits = model.llm.lm_head(producing)
     target = answer_ids.masked_fill(answer_ids == model.tokenizer.pad_id, -100)
-    lm_loss = F.cross_entropy(logits.flatten(0, 1), target.flatten(), ignore_index=-100)
+    lm_loss = F.cross_entropy(model.llm.lm_head(producing).flatten(0, 1), target.flatten(), ignore_index=-100)
 
     sample, step = (answer_ids == model.tokenizer.seg_id).nonzero(as_tuple=True)
     pred = model.mask_logits(producing[sample, step], encoded, sample)
     bce = F.binary_cross_entropy_with_logits(pred, gt_masks)
-    prob = pred.sigmoid().flatten(1)
-    target_masks = gt_masks.flatten(1)
+    prob, target_masks = pred.sigmoid().flatten(1), gt_masks.flatten(1)
     dice = 1 - (2 * (prob * target_masks).sum(1) + 1) / (prob.sum(1) + target_masks.sum(1) + 1)
-    attention, read = attention_losses(model, readout, captured["input"], captured["rope"], visual_start,
-                                       prompt_len, targets)
-    return lm_loss, bce, dice.mean(), aux.loss(encoded[0], labels), attention, read
+    return lm_loss, bce, dice.mean()
+
+
+def build_model(args) -> TinyGCG:
+    """A model of the requested LLM size: the vision encoder (frozen) and the mask head from
+    ``--perception-from``; also its projector, token embeddings and LM head where the width
+    matches (no decoder layer is taken, so none carries the earlier model's attention); fresh
+    decoder layers, final norm and text_hidden_fcs."""
+    source = json.loads((args.perception_from / "config.json").read_text())
+    shape = {name: getattr(args, name) for name in ARCHITECTURE}
+    model = TinyGCG(TinyGCGConfig(**{**source, **shape}))
+    weights = load_file(str(args.perception_from / "model.safetensors"))
+    ours = model.state_dict()
+    required = [k for k in ours if k.startswith(INHERITED_REQUIRED)]
+    if any(k not in weights for k in required):
+        raise SystemExit(f"--perception-from {args.perception_from}: lacks {[k for k in required if k not in weights][:5]}")
+    taken = {k: v for k, v in weights.items() if k.startswith(INHERITED_REQUIRED + INHERITED_IF_SAME_SHAPE)
+             and k in ours and ours[k].shape == v.shape}
+    model.load_state_dict(taken, strict=False)
+    model.vision.requires_grad_(False)
+    return model
+
+
+def save_checkpoint(path: Path, model, optimizer, schedule, step: int, args, elapsed: float) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    torch.save({"model": model.state_dict(), "optimizer": optimizer.state_dict(),
+                "schedule": schedule.state_dict(), "step": step, "elapsed_s": elapsed,
+                "args": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()}}, tmp)
+    os.replace(tmp, path)  # a kill mid-write leaves the previous checkpoint intact
 
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--steps", type=int, default=1500)
+    parser.add_argument("--perception-from", type=Path, required=True,
+                        help="weights folder whose vision encoder (frozen) and mask head start this model")
+    parser.add_argument("--out", type=Path, required=True)
+    parser.add_argument("--steps", type=int, default=3000)
     parser.add_argument("--batch", type=int, default=16)
     parser.add_argument("--lr", type=float, default=1e-3)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--out", type=Path, default=WEIGHTS_DIR)
-    parser.add_argument("--save-every", type=int, default=250, help="also save every N steps (resumable look)")
-    parser.add_argument("--init", type=Path, default=None, help="start from these weights instead of random")
-    parser.add_argument("--start-progress", type=float, default=0.0,
-                        help="curriculum position of step 0 (a continuation with --init: 0.35 = the last stage)")
+    parser.add_argument("--device", default="cpu", help="cpu or cuda (minutes on a GPU, hours on 2 CPU cores)")
+    parser.add_argument("--layers", type=int, default=16)
+    parser.add_argument("--hidden", type=int, default=128)
+    parser.add_argument("--heads", type=int, default=4)
+    parser.add_argument("--intermediate", type=int, default=384)
+    parser.add_argument("--checkpoint-minutes", type=float, default=10.0)
+    parser.add_argument("--stop-after", type=int, default=None, help="stop (checkpointed) after this step count")
+    parser.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint.pt")
     args = parser.parse_args(argv)
 
     torch.manual_seed(args.seed)
     torch.set_num_threads(args.threads)
-    model = (init_from(args.init) if args.init else TinyGCG(TinyGCGConfig(vocab=list(VOCAB)))).train()
-    aux = TokenAttributeHead(model.cfg.token_dim)
-    readout = TokenAttributeHead(model.cfg.hidden)
-    optimizer = torch.optim.AdamW([*model.parameters(), *aux.parameters(), *readout.parameters()], lr=args.lr,
-                                  weight_decay=0.01)
+    device = torch.device(args.device)
+    model = build_model(args).to(device).train()
+    trained = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(trained, lr=args.lr, weight_decay=0.01)
     warmup = max(1, args.steps // 20)
 
-    def schedule(step):  # linear warm-up, cosine decay to 10 %
+    def lr_factor(step):  # linear warm-up, cosine decay to 10 %
         if step < warmup:
             return (step + 1) / warmup
         return 0.1 + 0.45 * (1 + math.cos(math.pi * (step - warmup) / max(1, args.steps - warmup)))
 
-    lr_schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
-    start = time.time()
-    for step in range(args.steps):
-        progress = args.start_progress + (1 - args.start_progress) * step / args.steps
-        samples = [curriculum_scene(args.seed, step * args.batch + i, progress, model.cfg.image_size)
+    schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_factor)
+    checkpoint_path, first, elapsed = args.out / "checkpoint.pt", 0, 0.0
+    args.out.mkdir(parents=True, exist_ok=True)
+    if args.resume:
+        state = torch.load(checkpoint_path, weights_only=True, map_location=device)
+        for name in RESUME_MUST_MATCH:
+            saved, now = state["args"][name], getattr(args, name)
+            if str(saved) != str(now):
+                raise SystemExit(f"--resume: {checkpoint_path} was made with --{name.replace('_', '-')} {saved}, "
+                                 f"not {now}")
+        model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        schedule.load_state_dict(state["schedule"])
+        first, elapsed = state["step"], state["elapsed_s"]
+        print(f"resumed at step {first} from {checkpoint_path}", flush=True)
+    elif checkpoint_path.exists():
+        raise SystemExit(f"{checkpoint_path} exists: pass --resume to continue it, or choose another --out")
+
+    last = min(args.steps, args.stop_after or args.steps)
+    start, saved_at = time.time() - elapsed, time.time()
+    for step in range(first, last):
+        samples = [curriculum_scene(args.seed, step * args.batch + i, step / args.steps, model.cfg.image_size)
                    for i in range(args.batch)]
-        batch = make_batch(model, samples)
-        lm_loss, bce, dice, token_loss, attention, read = loss_terms(model, aux, readout, *batch)
-        loss = lm_loss + bce + dice + token_loss + 0.5 * attention + read
+        lm_loss, bce, dice = loss_terms(model, *make_batch(model, samples, device), *layout(model, args.seed, step, args.batch))
         optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        (lm_loss + bce + dice).backward()
+        torch.nn.utils.clip_grad_norm_(trained, 1.0)
         optimizer.step()
-        lr_schedule.step()
-        if step % 25 == 0 or step == args.steps - 1:
+        schedule.step()
+        if step % 25 == 0 or step == last - 1:
             print(f"step {step:5d}  lm {lm_loss.item():.4f}  bce {bce.item():.4f}  dice {dice.item():.4f}  "
-                  f"tokens {token_loss.item():.4f}  attention {attention.item():.3f}  read {read.item():.3f}  "
                   f"{time.time() - start:7.1f}s", flush=True)
-        if args.save_every and step and step % args.save_every == 0:
-            model.eval().save(args.out, card(args, argv, model, start, step))
+        if time.time() - saved_at > 60 * args.checkpoint_minutes or step == last - 1:
+            save_checkpoint(checkpoint_path, model, optimizer, schedule, step + 1, args, time.time() - start)
+            model.eval().save(args.out, card(args, model, time.time() - start, step + 1))
             model.train()
-    final = card(args, argv, model, start, args.steps)
-    model.eval().save(args.out, final)
-    print(json.dumps(final))
+            saved_at = time.time()
+    print(json.dumps(card(args, model, time.time() - start, last)))
 
 
-def init_from(directory: Path) -> TinyGCG:
-    """Weights of an earlier run; parameters it did not have yet (a module added since) keep
-    their fresh initialisation and are listed."""
-    model = TinyGCG(TinyGCGConfig(**json.loads((directory / "config.json").read_text())))
-    missing, unexpected = model.load_state_dict(load_file(str(directory / "model.safetensors")), strict=False)
-    if unexpected:
-        raise SystemExit(f"--init {directory}: unknown parameters {unexpected[:5]}")
-    if missing:
-        print(f"--init {directory}: new parameters start fresh: {', '.join(missing)}", flush=True)
-    return model
-
-
-def card(args, argv, model, start, steps_done) -> dict:
+def card(args, model, seconds: float, steps_done: int) -> dict:
     """The model card saved beside the weights (evaluation scores are added by the runner's user)."""
-    return {"command": "python scripts/train_tiny_gcg.py " + " ".join(argv or sys.argv[1:]),
-            "curriculum_max_objects": CURRICULUM,
-            "seed": args.seed, "steps": steps_done, "batch": args.batch, "lr": args.lr,
-            "training_minutes": round((time.time() - start) / 60, 1), "threads": args.threads,
-            "parameters": sum(p.numel() for p in model.parameters())}
+    flags = " ".join(f"--{k.replace('_', '-')} {v}" for k, v in vars(args).items()
+                     if k not in ("resume", "stop_after", "threads", "checkpoint_minutes", "device"))
+    return {"command": f"python scripts/train_tiny_gcg.py {flags}", "curriculum_max_objects": CURRICULUM,
+            "layout": {"max_prefix_words": MAX_PREFIX, "max_position_offset": MAX_OFFSET},
+            "steps_done": steps_done, "training_minutes": round(seconds / 60, 1), "threads": args.threads,
+            "parameters": sum(p.numel() for p in model.parameters()),
+            "trained_parameters": sum(p.numel() for p in model.parameters() if p.requires_grad)}
 
 
 if __name__ == "__main__":

@@ -19,6 +19,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -65,9 +66,10 @@ class WordTokenizer:
     def decode(self, ids) -> str:
         return " ".join(self.vocab[int(i)] for i in ids)
 
-    def prompt_ids(self) -> list[int]:
-        """<s> system <im_start> <image> <im_end> instruction — one id stands for the image."""
-        return [self.bos_id, *self.encode(f"{SYSTEM_TEXT} <im_start> <image> <im_end> {INSTRUCTION}")]
+    def prompt_ids(self, prefix: Sequence[int] = ()) -> list[int]:
+        """<s> system <im_start> <image> <im_end> instruction — one id stands for the image.
+        ``prefix``: extra ids after <s> (training varies the text before the image with it)."""
+        return [self.bos_id, *prefix, *self.encode(f"{SYSTEM_TEXT} <im_start> <image> <im_end> {INSTRUCTION}")]
 
 
 @dataclass
@@ -183,16 +185,18 @@ class TinyGCG(nn.Module):
         array = np.stack(images).astype(np.float32) / 255.0
         return (torch.from_numpy(array).permute(0, 3, 1, 2) - PIXEL_MEAN) / PIXEL_STD
 
-    def embed_prompt(self, pixels: torch.Tensor, answer_ids: torch.Tensor | None = None, encoded=None):
+    def embed_prompt(self, pixels: torch.Tensor, answer_ids: torch.Tensor | None = None, encoded=None,
+                     prefix: Sequence[int] = ()):
         """Prompt (+ optional teacher-forced answer) embeddings with the image spliced in.
 
         Returns (embeds [B, T, d], visual_start, the vision encoder's output (tokens, features,
-        fine)). ``encoded``: that output when the caller already has it. Every sample shares the
-        prompt, so no padding is needed here; the engine still supports padded batches.
+        fine)). ``encoded``: that output when the caller already has it; ``prefix``: see
+        ``WordTokenizer.prompt_ids``. Every sample shares the prompt, so no padding is needed
+        here; the engine still supports padded batches.
         """
         encoded = encoded if encoded is not None else self.vision(pixels)
         visual = self.projector(encoded[0])
-        prompt = self.tokenizer.prompt_ids()
+        prompt = self.tokenizer.prompt_ids(prefix)
         start = prompt.index(self.tokenizer.image_id)
         ids = torch.tensor(prompt, device=pixels.device)
         text = self.llm.model.embed_tokens(ids).expand(pixels.shape[0], -1, -1)

@@ -1,0 +1,77 @@
+"""scripts/train_tiny_gcg.py: a stopped run resumed ends with the same weights as one that never
+stopped, and what it inherits from the perception folder (and what it does not)."""
+
+import importlib.util
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from altp.data.synthetic import VOCAB
+from altp.models.tiny_gcg import TinyGCG, TinyGCGConfig
+
+SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "train_tiny_gcg.py"
+SMALL = ["--steps", "4", "--batch", "2", "--layers", "2", "--hidden", "32", "--heads", "2",
+         "--intermediate", "64", "--threads", "1"]
+
+
+@pytest.fixture(scope="module")
+def train():
+    spec = importlib.util.spec_from_file_location("train_tiny_gcg", SCRIPT)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.fixture(scope="module")
+def perception(tmp_path_factory):
+    torch.manual_seed(3)
+    directory = tmp_path_factory.mktemp("perception")
+    TinyGCG(TinyGCGConfig(vocab=list(VOCAB), layers=1)).save(directory)
+    return directory
+
+
+def weights(directory: Path) -> dict:
+    return load_file(str(directory / "model.safetensors"))
+
+
+def test_resume_continues_exactly(train, perception, tmp_path):
+    common = ["--perception-from", str(perception), *SMALL]
+    train.main([*common, "--out", str(tmp_path / "straight")])
+    train.main([*common, "--out", str(tmp_path / "stopped"), "--stop-after", "2"])
+    halfway = weights(tmp_path / "stopped")
+    train.main([*common, "--out", str(tmp_path / "stopped"), "--resume"])
+    straight, resumed = weights(tmp_path / "straight"), weights(tmp_path / "stopped")
+    assert any(not torch.equal(halfway[k], resumed[k]) for k in resumed)  # it did train on
+    for key, value in straight.items():
+        assert torch.equal(value, resumed[key]), key
+    with pytest.raises(SystemExit, match="--lr"):  # a resume with other settings is refused
+        train.main([*common, "--out", str(tmp_path / "stopped"), "--resume", "--lr", "5e-4"])
+    with pytest.raises(SystemExit, match="--resume"):  # never restarts over a checkpoint
+        train.main([*common, "--out", str(tmp_path / "stopped")])
+
+
+def test_inherits_perception_but_no_decoder_layer(train, perception, tmp_path):
+    args = train.argparse.Namespace(perception_from=perception, layers=2, hidden=128, heads=4,
+                                    intermediate=384)
+    model = train.build_model(args)
+    source, ours = weights(perception), model.state_dict()
+    for key in (k for k in ours if ours[k].dim() >= 2):  # norms and biases start equal anyway
+        inherited = key.startswith(("vision.", "mask_head.", "projector.", "llm.model.embed_tokens.", "llm.lm_head."))
+        same = key in source and source[key].shape == ours[key].shape and torch.equal(ours[key], source[key])
+        assert same == inherited, key
+    assert not any(p.requires_grad for p in model.vision.parameters())
+    assert all(p.requires_grad for p in model.llm.parameters())
+
+
+def test_layout_varies_text_before_the_image_and_positions_only(train, perception):
+    model = TinyGCG(TinyGCGConfig(vocab=list(VOCAB), layers=1))
+    draws = [train.layout(model, 0, step, 4) for step in range(20)]
+    assert draws[3][0] == train.layout(model, 0, 3, 4)[0]  # deterministic per (seed, step)
+    lengths = {len(prefix) for prefix, _ in draws}
+    assert len(lengths) > 5 and max(lengths) <= train.MAX_PREFIX
+    offsets = torch.cat([o for _, o in draws])
+    assert offsets.min() >= 0 and offsets.max() <= train.MAX_OFFSET and len(offsets.unique()) > 20
+    prompt_words = set(model.tokenizer.encode(f"{train.SYSTEM_TEXT} {train.INSTRUCTION}"))
+    assert all(set(prefix) <= prompt_words for prefix, _ in draws)
