@@ -98,7 +98,8 @@ class DART(Pruner):
                 if count == 0:
                     continue
                 pool_list = list(pool)  # L433, L443
-                valid_vectors = features[[column[i] for i in pool_list]]  # L435
+                rows = torch.tensor([column[i] for i in pool_list], device=features.device)
+                valid_vectors = features.index_select(0, rows)  # L435
                 cos_sim = -F.cosine_similarity(features[column[item]], valid_vectors, dim=-1)  # L436
                 chosen = [pool_list[i] for i in cos_sim.topk(count).indices.tolist()]  # L437-439
                 kept.update(chosen)  # L440
