@@ -25,7 +25,8 @@ Where we differ:
 * batches: per sample (upstream asserts batch size 1, L313); fewer than 4 text tokens after the
   image give fewer text pivots (upstream's ``topk`` would fail).
 * the L1 norm is over the kv heads (``ctx.prev_keys()``); upstream's keys are ``repeat_kv``'d to
-  the query heads first (L881), which multiplies every norm by the group count: the same order up to rounding.
+  the query heads first (L881), which multiplies every norm by the group count: the same order
+  up to rounding.
 """
 
 from __future__ import annotations
