@@ -208,10 +208,20 @@ class PruningEngine:
             k = rotary_keys(self.layers[layer_idx], hidden, stage, rotary)
             return k.gather(1, visual_cols.unsqueeze(-1).expand(-1, -1, k.shape[-1]))
 
+        def prev_keys() -> torch.Tensor:
+            if previous is None:
+                raise ValueError("keys of layer K-1 need a pruning layer >= 1")
+            prev_layer, prev_hidden, prev_stage = previous
+            k = rotary_keys(prev_layer, prev_hidden, prev_stage, rotary)
+            full = k.new_zeros(k.shape[0], full_width, k.shape[-1])
+            full.scatter_(1, prev_stage.token_index.unsqueeze(-1).expand_as(k), k)
+            return full.gather(1, stage.token_index.unsqueeze(-1).expand(-1, -1, k.shape[-1]))
+
         return PruneContext(layer=layer_idx, stage=stage_number, budget=budget, hidden=hidden,
                             visual_cols=visual_cols, grid_index=grid_index, grid=inputs.grid,
-                            images=inputs.images, seed=self.pruner.seed,
-                            _importance=importance, _keys=keys)
+                            images=inputs.images, seed=self.pruner.seed, positions=stage.positions,
+                            final_norm=self.decoder.norm, _importance=importance, _keys=keys,
+                            _prev_keys=prev_keys)
 
     def _apply(self, hidden, stage: _Stage, visual_cols, selected) -> tuple[torch.Tensor, _Stage]:
         """Keep every non-visual column plus the selected visual ones, in sequence order."""

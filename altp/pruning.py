@@ -7,7 +7,8 @@ A pruner is a small object the engine consults during prefill. It declares
 * ``stage_budgets(n_visual)``: how many visual tokens survive each of those stages;
 * ``position_policy``: ``"original"`` (kept tokens keep their position ids, FastV) or
   ``"renumber"`` (positions are made contiguous again, PyramidDrop);
-* ``needs``: which inputs ``select`` reads (``image``, ``importance``, ``hidden``, ``keys``),
+* ``needs``: which inputs ``select`` reads (``image``, ``importance``, ``hidden``, ``keys``,
+  ``prev_keys``),
 
 and implements ``select(ctx) -> LongTensor[B, budget]``: for every sample, which of the
 *current* visual tokens to keep. The engine does the rest uniformly (gather, positions, masks,
@@ -57,8 +58,11 @@ class PruneContext:
     grid: tuple[int, int]
     images: list[np.ndarray] | None = None  # per sample HxWx3 float in [0, 1], as the encoder saw it
     seed: int = 0
+    positions: torch.Tensor | None = None  # [B, T] position ids of the columns of `hidden`
+    final_norm: Callable[[torch.Tensor], torch.Tensor] | None = None  # the LLM's last norm (model.norm)
     _importance: Callable[[str], torch.Tensor] | None = field(default=None, repr=False)
     _keys: Callable[[], torch.Tensor] | None = field(default=None, repr=False)
+    _prev_keys: Callable[[], torch.Tensor] | None = field(default=None, repr=False)
     _cache: dict = field(default_factory=dict, repr=False)
 
     @property
@@ -87,6 +91,13 @@ class PruneContext:
         if "keys" not in self._cache:
             self._cache["keys"] = self._keys()
         return self._cache["keys"]
+
+    def prev_keys(self) -> torch.Tensor:
+        """[B, T, kv_heads * head_dim] post-RoPE keys of layer ``layer - 1`` on its own input, for
+        every column of ``hidden`` (text and visual): what that layer's KV cache holds (DART)."""
+        if "prev_keys" not in self._cache:
+            self._cache["prev_keys"] = self._prev_keys()
+        return self._cache["prev_keys"]
 
     def visual_hidden(self) -> torch.Tensor:
         """[B, n, d] hidden states of the current visual tokens."""

@@ -91,6 +91,8 @@ def time_select_alone(pruner, seconds: list[float]) -> None:
             ctx.importance(getattr(pruner, "importance", "attn_prev"))
         if "keys" in pruner.needs:
             ctx.keys()
+        if "prev_keys" in pruner.needs:
+            ctx.prev_keys()
         start = time.perf_counter()
         selected = select(ctx)
         seconds.append(time.perf_counter() - start)

@@ -3,7 +3,8 @@
 * every pruner keeps exactly its budget, only visual tokens, deterministically, and keep = 1.0
   changes nothing; a batch keeps the same sets as single-sample runs;
 * FastV = top-k of layer K-1's eager attention row; PDrop's schedules; pool's spatial spread;
-  DivPrune's and DART's greedy rules; every configs/pruner file instantiates with Hydra.
+  DivPrune's and DART's greedy rules (DART against the authors' code: test_dart_parity.py);
+  every configs/pruner file instantiates with Hydra.
 """
 
 from pathlib import Path
@@ -208,23 +209,32 @@ def test_divprune_never_repeats_a_token_among_duplicates():
     assert max_min_diverse(torch.ones(1, 4, 3), 3).tolist() == [[0, 1, 2]]
 
 
-def dart_context(degrees, key_norms, budget):
+def dart_context(degrees, key_norms, n_visual, budget):
+    """Visual tokens first, then text; 2-D unit hidden states; keys with the given L1 norms."""
     hidden = unit_vectors(degrees).float()[None]
-    keys = torch.tensor(key_norms)[None, :, None].repeat(1, 1, 4) / 4  # L1 norm = key_norms
+    keys = torch.tensor(key_norms)[None, :, None].repeat(1, 1, 4) / 4
     n = len(degrees)
     return PruneContext(layer=2, stage=0, budget=budget, hidden=hidden,
-                        visual_cols=torch.arange(n)[None], grid_index=torch.arange(n)[None],
-                        grid=(1, n), _keys=lambda: keys)
+                        visual_cols=torch.arange(n_visual)[None], grid_index=torch.arange(n_visual)[None],
+                        grid=(1, n_visual), positions=torch.arange(n)[None], final_norm=lambda h: h,
+                        _prev_keys=lambda: keys)
 
 
-def test_dart_pivots_and_least_similar_tokens():
-    degrees = [0, 20, 180, 160, 80, 270, 105, 265]
-    key_norms = [9.0, 1, 1, 1, 1, 8, 1, 1]  # pivots: tokens 0 and 5
-    # budget 5 = 2 pivots + 3: pivot 0 takes 2 (tokens 2, 3 at 180 and 160 deg), pivot 5 takes 1
-    # from the rest (token 4, 170 deg from 270, beats token 6 at 165 deg)
-    assert DART(keep=0.5, n_pivots=2).select(dart_context(degrees, key_norms, 5)).tolist() == \
-        [[0, 2, 3, 4, 5]]
-    assert DART(keep=0.5, n_pivots=4).select(dart_context(degrees, key_norms, 1)).tolist() == [[0]]
+def test_dart_pivots_in_set_order_take_the_least_similar_tokens():
+    # visual 0-7, text 8-9; pivots: image 0 and 5 (key norms 9, 8), text 9 (5 > 1).
+    # upstream's order list({0, 5, 9}) is [0, 9, 5]: pivot 0 takes 2 (180 deg away), text
+    # pivot 9 (250 deg) takes 4 (90 deg, 160 away), then pivot 5 (290 deg) takes 3 (135 deg);
+    # in token order 5 would take 4 first and 9 then 6: the order changes the set
+    degrees = [0, 20, 180, 135, 90, 290, 45, 300, 10, 250]
+    key_norms = [9.0, 1, 1, 1, 1, 8, 1, 1, 1, 5]
+    assert DART.pivot_order([0, 5], [9]) == [0, 9, 5]
+    dart = DART(keep=0.5, n_pivots=2, n_text_pivots=1)
+    assert dart.select(dart_context(degrees, key_norms, 8, 5)).tolist() == [[0, 2, 3, 4, 5]]
+    # budget 7: 5 = 3 pivots x 1 + 2, filled one each by the first two pivots (0 -> 7, 9 -> 6)
+    assert dart.select(dart_context(degrees, key_norms, 8, 7)).tolist() == [[0, 2, 3, 4, 5, 6, 7]]
+    assert dart.describe()["budget_split"][7] == {"image_pivots": 2, "text_pivots": 1,
+                                                  "per_pivot": 1, "filled": 2}
+    assert DART(keep=0.5, n_pivots=4).select(dart_context(degrees, key_norms, 8, 1)).tolist() == [[0]]
 
 
 @pytest.mark.parametrize("stem,policy", [

@@ -4,7 +4,8 @@
 * dropping tokens equals a slow reference that keeps every token but masks the pruned key
   columns in layers >= K, with the positions the policy prescribes, in prefill and decode;
 * a left-padded batch equals single-sample runs;
-* the recomputed last-token attention equals the eager attention matrix's row.
+* the recomputed last-token attention equals the eager attention matrix's row;
+* ``prev_keys`` are what transformers' own KV cache of layer K-1 holds, for every column.
 """
 
 import pytest
@@ -175,6 +176,27 @@ def test_recomputed_attention_matches_eager_row():
     for key, layer in (("prev", 1), ("next", 2)):
         row = attentions[layer][0, :, -1].mean(0)
         torch.testing.assert_close(seen[key][0], row[cols], atol=1e-6, rtol=1e-5)
+
+
+def test_previous_layer_keys_are_transformers_cache():
+    model = tiny_llama()
+    batch = embedded_batch(model, [2, 5], grid=(4, 4))
+    seen = {}
+
+    class Recorder(TopAttention):
+        def select(self, ctx):
+            seen["keys"], seen["positions"], seen["norm"] = ctx.prev_keys(), ctx.positions, ctx.final_norm
+            return super().select(ctx)
+
+    PruningEngine(model, Recorder(keep=0.5, layer=2)).generate(batch, 1)
+    assert seen["norm"] is model.model.norm
+    for b in range(2):
+        valid = batch.attention_mask[b].bool()
+        with torch.no_grad():
+            cache = model(inputs_embeds=batch.inputs_embeds[b:b + 1, valid], use_cache=True).past_key_values
+        expected = cache.layers[1].keys[0].transpose(0, 1).flatten(1)  # layer K-1 = 1: [T, kv * hd]
+        torch.testing.assert_close(seen["keys"][b, valid], expected, atol=1e-6, rtol=1e-5)
+        assert seen["positions"][b, valid].tolist() == list(range(int(valid.sum())))
 
 
 def test_bad_pruners_are_refused():
