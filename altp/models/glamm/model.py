@@ -166,9 +166,12 @@ def load_clip(folder: Path, dtype: torch.dtype) -> CLIPVisionModel:
         raise CheckpointError(f"CLIP folder {folder}: {str(err).strip().splitlines()[0]}") from None
     finally:
         hf_logging.set_verbosity(verbosity)
-    raise_problems(f"CLIP folder {folder}", [("missing keys", sorted(info["missing_keys"])),
+    def in_file(key: str) -> str:  # transformers 5 reports vision keys without their "vision_model."
+        return key if key.startswith(("vision_model.", *CLIP_TEXT_PARTS)) else "vision_model." + key
+
+    raise_problems(f"CLIP folder {folder}", [("missing keys", sorted(map(in_file, info["missing_keys"]))),
                                              ("shape mismatches", sorted(map(str, info["mismatched_keys"])))])
-    warn_unexpected(f"CLIP folder {folder}", sorted(k for k in info["unexpected_keys"]
+    warn_unexpected(f"CLIP folder {folder}", sorted(in_file(k) for k in info["unexpected_keys"]
                                                     if not k.startswith(CLIP_TEXT_PARTS)))
     return clip.eval()
 
