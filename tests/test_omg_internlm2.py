@@ -293,3 +293,32 @@ def test_sentencepiece_tokenizer(tmp_path):
               ids["[SEG]"], 3]
     text = prompt.decode(tokenizer, answer)
     assert "<p>" in text and "</p> [SEG] <|im_end|>" in text and "horse" in text
+
+
+def test_sentencepiece_tokenizer_with_the_tokens_already_pieces(tmp_path):
+    """transformers 4.36 ``_add_tokens`` (tokenization_utils.py:492-503) registers a token that is
+    already a piece under the piece's id, and text is split on it: [SEG], <p>, </p> keep their
+    piece ids, only <region> and <mark> get new ones, and each encodes as one id."""
+    spm = pytest.importorskip("sentencepiece")
+    import io
+
+    model = io.BytesIO()
+    text = ["a man riding a horse on the beach", "user assistant description image"] * 10
+    spm.SentencePieceTrainer.train(sentence_iterator=iter(text), model_writer=model, vocab_size=60,
+                                   model_type="bpe", hard_vocab_limit=False, character_coverage=1.0,
+                                   user_defined_symbols=["<|im_end|>", "<|im_start|>", "[SEG]", "<p>", "</p>"],
+                                   bos_id=1, eos_id=2, unk_id=0, pad_id=-1, minloglevel=2)
+    (tmp_path / "tokenizer.model").write_bytes(model.getvalue())
+    tokenizer = prompt.load_tokenizer(tmp_path)
+    sp, pieces = tokenizer.sp, tokenizer.sp.get_piece_size()
+    assert sp.encode("[SEG]", out_type=str)[0] == "▁"  # what taking [0] of sentencepiece's ids gave
+    ids = prompt.add_special_tokens(tokenizer)
+    assert {t: ids[t] for t in ("[SEG]", "<p>", "</p>")} == {t: sp.piece_to_id(t) for t in ("[SEG]", "<p>", "</p>")}
+    assert (ids["<region>"], ids["<mark>"]) == (pieces, pieces + 1)
+    assert ids["embedding_rows"] == pieces + 1 and len(tokenizer) == pieces + 2
+    assert tokenizer.add_tokens(["[SEG]", "<region>", "<new>"]) == 1  # only <new> is new
+    answer = "a man <p>horse</p>[SEG] on<region>"
+    assert tokenizer.encode(answer, add_special_tokens=False) == [
+        *sp.encode("a man "), ids["<p>"], *sp.encode("horse"), ids["</p>"], ids["[SEG]"], *sp.encode(" on"),
+        ids["<region>"]]
+    assert "</p> [SEG]" in prompt.decode(tokenizer, [ids["</p>"], ids["[SEG]"]])

@@ -154,6 +154,23 @@ def resolve_dtype(dtype: str, device: str) -> torch.dtype:
     return DTYPES[dtype]
 
 
+def load_tokenizer(folder: Path):
+    """The released tokenizer files with the installed transformers, ``legacy=False``.
+
+    The release's tokenizer_config.json was written by transformers 4.28 and has no ``legacy``
+    field, for which transformers 5 picks ``legacy=True``: a '▁' is then prepended to every chunk
+    after an added token (``<im_end> provides`` -> '▁▁provides' instead of 4.28's '▁provides',
+    ``tokenization_llama.py`` there strips the space next to an added token). With
+    ``legacy=False`` only the lone '▁' before ``<im_start>`` differs from 4.28 (``prompt.py``).
+    Only ``prompt_ids=tokenizer`` and the decoding of answers depend on it.
+    """
+    try:
+        return AutoTokenizer.from_pretrained(folder, legacy=False)
+    except (OSError, ValueError, ImportError) as err:  # e.g. tokenizer.model without sentencepiece
+        raise CheckpointError(f"GLaMM tokenizer in {folder}: {str(err).splitlines()[0]} "
+                              "(tokenizer.model needs: pip install sentencepiece protobuf)") from None
+
+
 def load_clip(folder: Path, dtype: torch.dtype) -> CLIPVisionModel:
     """CLIP's vision tower from a local ``openai/clip-vit-large-patch14-336`` (a whole CLIPModel):
     its text tower and projections are expected extras; any other unexpected key warns, a missing
@@ -201,11 +218,7 @@ def load_glamm(checkpoint: str, clip: str, dtype: str = "auto", device: str = "a
         raise CheckpointError(f"CLIP folder {clip_folder}: {str(err).splitlines()[0]}") from None
     with collect_warnings() as notes:
         parts, config = load_parts(folder, clip_config.hidden_size, torch_dtype, round_bf16=rounded)
-        try:
-            tokenizer = AutoTokenizer.from_pretrained(folder)
-        except (OSError, ValueError, ImportError) as err:  # e.g. tokenizer.model without sentencepiece
-            raise CheckpointError(f"GLaMM tokenizer in {folder}: {str(err).splitlines()[0]} "
-                                  "(tokenizer.model needs: pip install sentencepiece protobuf)") from None
+        tokenizer = load_tokenizer(folder)
         seg = tokenizer.convert_tokens_to_ids("[SEG]")  # not tokenizer("[SEG]")[0]: glamm.md §1.5
         if seg is None or seg == tokenizer.unk_token_id:
             raise CheckpointError(f"GLaMM tokenizer in {folder} has no [SEG] token")
