@@ -80,7 +80,13 @@ def stand_ins(src: Path) -> None:
 
 def tiny_sam():
     """``build_sam.py::_build_sam`` with smaller numbers, from upstream's own classes."""
-    from model.SAM.modeling import ImageEncoderViT, MaskDecoder, PromptEncoder, Sam, TwoWayTransformer
+    from model.SAM.modeling import (
+        ImageEncoderViT,
+        MaskDecoder,
+        PromptEncoder,
+        Sam,
+        TwoWayTransformer,
+    )
 
     grid = SAM["image"] // SAM["patch"]
     return Sam(

@@ -103,7 +103,7 @@ def run_fastv(src: Path) -> dict:
             setattr(model.model, key, value)  # LlamaModel.reset_fastv reads the same from its config
         seen = {}
 
-        def grab(module, args, kwargs):  # layer K's position ids are FastV's sorted keep_indexs
+        def grab(module, args, kwargs, seen=seen):  # layer K's position ids are FastV's sorted keep_indexs
             seen.setdefault("positions", kwargs["position_ids"][0].clone())
 
         hook = model.model.layers[FASTV["layer"]].register_forward_pre_hook(grab, with_kwargs=True)
@@ -116,6 +116,26 @@ def run_fastv(src: Path) -> dict:
                               "kept": [kept.tolist()], "positions": positions, "prefill_logits": logits}
         print(f"fastv {case}: kept {len(kept)} of {n_visual}, prefill {tuple(logits.shape)}")
     return out
+
+
+class KeptRows:
+    """Wraps ``pdrop_rank_drop``: which visual rows survive each stage (kept rows are exact copies),
+    as indices of the original visual tokens."""
+
+    def __init__(self, rank_drop, prefix: int, n_visual: int):
+        self.rank_drop, self.prefix = rank_drop, prefix
+        self.rows, self.stages = torch.arange(n_visual), []
+
+    def __call__(self, *args, **kwargs):
+        before = kwargs["features"][0]
+        result = self.rank_drop(*args, **kwargs)
+        after, n_now, start = result[2][0], len(self.rows), self.prefix
+        kept = len(after) - (len(before) - n_now)
+        visual = before[start:start + n_now]
+        picked = [int((visual == row).all(-1).nonzero()[0]) for row in after[start:start + kept]]
+        self.rows = self.rows[torch.tensor(picked)]
+        self.stages.append(self.rows.tolist())
+        return result
 
 
 def run_pdrop(src: Path) -> dict:
@@ -141,21 +161,7 @@ def run_pdrop(src: Path) -> dict:
         embeds = inputs(model, prefix, n_visual, suffix, seed)
         inner.image_token_posi, inner.image_tokens = [prefix], [n_visual]
         inner.prompt_len = [prefix + suffix]
-        stages, rows = [], torch.arange(n_visual)  # rows: the original visual index of each row
-
-        def recording(*args, **kwargs):  # which rows survive: the kept features are exact copies
-            nonlocal rows
-            before = kwargs["features"][0]
-            result = rank_drop(*args, **kwargs)
-            after = result[2][0]
-            n_now = len(rows)
-            visual = before[prefix:prefix + n_now]
-            picked = [int((visual == row).all(-1).nonzero()[0]) for row in after[prefix:prefix + len(after)
-                                                                                   - (len(before) - n_now)]]
-            rows = rows[torch.tensor(picked)]
-            stages.append(rows.tolist())
-            return result
-
+        recording = KeptRows(rank_drop, prefix, n_visual)
         inner.pdrop_rank_drop = recording
         length = embeds.shape[1]
         with torch.no_grad():
@@ -176,9 +182,9 @@ def run_pdrop(src: Path) -> dict:
                 step_logits.append(logits)
         inner.pdrop_rank_drop = rank_drop
         out["cases"][case] = {"inputs_embeds": embeds[0], "visual_start": prefix, "n_visual": n_visual,
-                              "kept": stages, "prefill_logits": prefill, "tokens": tokens,
+                              "kept": recording.stages, "prefill_logits": prefill, "tokens": tokens,
                               "step_logits": torch.stack(step_logits)}
-        print(f"pdrop {case}: kept {[len(s) for s in stages]} of {n_visual}, tokens {tokens}")
+        print(f"pdrop {case}: kept {[len(s) for s in recording.stages]} of {n_visual}, tokens {tokens}")
     return out
 
 
