@@ -12,13 +12,15 @@ from __future__ import annotations
 
 import json
 import math
+from pathlib import Path
 
 import pytest
 import torch
+from omg_fixtures import GCG_FILE, SEG_FILE, loader_kwargs, make_tiny_omg_llava
 from safetensors.torch import save_file
 
 from altp.models.errors import CheckpointError
-from altp.models.omg_llava import prompt
+from altp.models.omg_llava import load_omg_llava, prompt
 from altp.models.omg_llava.internlm2 import PTH_PREFIX, load_internlm2_llama
 
 DIM, LAYERS, HEADS, KV, FFN, VOCAB, RESIZED, THETA, EPS = 32, 2, 4, 2, 48, 40, 45, 100.0, 1e-5
@@ -322,3 +324,29 @@ def test_sentencepiece_tokenizer_with_the_tokens_already_pieces(tmp_path):
         *sp.encode("a man "), ids["<p>"], *sp.encode("horse"), ids["</p>"], ids["[SEG]"], *sp.encode(" on"),
         ids["<region>"]]
     assert "</p> [SEG]" in prompt.decode(tokenizer, [ids["</p>"], ids["[SEG]"]])
+
+
+def _edit_state(path: Path, edit, key: str | None = "state_dict") -> None:
+    state = torch.load(path, weights_only=True)
+    edit(state[key] if key else state)
+    torch.save(state, path)
+
+
+def test_unexpected_keys_warn_and_are_recorded_missing_ones_stop(tmp_path, caplog):
+    """Upstream loads every file with strict=False: unknown keys are one warning line per part,
+    listed in metrics.json (``model_deviations.load_warnings``); a missing key still stops."""
+    extra = make_tiny_omg_llava(tmp_path / "omg")
+    _edit_state(extra / SEG_FILE, lambda s: s.update({f"panoptic_head.new_{i}.weight": torch.zeros(1) for i in range(6)}))
+    _edit_state(extra / GCG_FILE, lambda s: s.update({PTH_PREFIX + "model.extra.weight": torch.zeros(1),
+                                                "projector.model.extra": torch.zeros(1)}), None)
+    with caplog.at_level("WARNING"):
+        loaded = load_omg_llava(**loader_kwargs(extra))
+    lines = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    assert len(lines) == 3 and all("\n" not in line for line in lines), lines
+    assert "ignored 6 unexpected: panoptic_head.new_0.weight" in lines[0] and lines[0].endswith("(+1 more)")
+    assert SEG_FILE in lines[0] and lines[1].endswith(f"{GCG_FILE}: ignored 1 unexpected: projector.model.extra")
+    assert lines[2].endswith(f"{GCG_FILE}: ignored 1 unused llm keys: {PTH_PREFIX}model.extra.weight")
+    assert loaded.deviations["load_warnings"] == lines
+    _edit_state(extra / SEG_FILE, lambda s: s.pop("panoptic_head.query_embed.weight"))
+    with pytest.raises(CheckpointError, match=f"{SEG_FILE}.*1 missing: panoptic_head.query_embed.weight"):
+        load_omg_llava(**loader_kwargs(extra))

@@ -178,27 +178,6 @@ def test_broken_files_are_one_line_naming_the_file(folder, tmp_path, case):
     assert "\n" not in message and name in message and what in message, message
 
 
-def test_unexpected_keys_warn_and_are_recorded_missing_ones_stop(folder, tmp_path, caplog):
-    """Upstream loads every file with strict=False: unknown keys are one warning line per part,
-    listed in metrics.json (``model_deviations.load_warnings``); a missing key still stops."""
-    extra = tmp_path / "omg"
-    shutil.copytree(folder, extra)
-    _edit(extra / SEG_FILE, lambda s: s.update({f"panoptic_head.new_{i}.weight": torch.zeros(1) for i in range(6)}))
-    _edit(extra / GCG_FILE, lambda s: s.update({PTH_PREFIX + "model.extra.weight": torch.zeros(1),
-                                                "projector.model.extra": torch.zeros(1)}), None)
-    with caplog.at_level("WARNING"):
-        loaded = load_omg_llava(**loader_kwargs(extra))
-    lines = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
-    assert len(lines) == 3 and all("\n" not in line for line in lines), lines
-    assert "ignored 6 unexpected: panoptic_head.new_0.weight" in lines[0] and lines[0].endswith("(+1 more)")
-    assert SEG_FILE in lines[0] and lines[1].endswith(f"{GCG_FILE}: ignored 1 unexpected: projector.model.extra")
-    assert lines[2].endswith(f"{GCG_FILE}: ignored 1 unused llm keys: {PTH_PREFIX}model.extra.weight")
-    assert loaded.deviations["load_warnings"] == lines
-    _edit(extra / SEG_FILE, lambda s: s.pop("panoptic_head.query_embed.weight"))
-    with pytest.raises(CheckpointError, match=f"{SEG_FILE}.*1 missing: panoptic_head.query_embed.weight"):
-        load_omg_llava(**loader_kwargs(extra))
-
-
 def test_base_weights_auto_plain_nf4(folder, model):
     has_bnb = importlib.util.find_spec("bitsandbytes") is not None
     assert model.deviations["llm_base_weights"] == ("nf4-dequantized" if has_bnb else "original")  # auto
