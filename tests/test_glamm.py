@@ -118,12 +118,18 @@ def test_clip_crops_the_centre_instead_of_padding(model):
 
 
 # --- loading -------------------------------------------------------------------------------
-def test_loading_reproduces_every_tensor(folders, model):
-    root, tensors, clip = folders
+@pytest.fixture(scope="module")
+def full_model(folders):
+    root = folders[0]
+    return load_glamm(str(root / "glamm"), str(root / "clip"), dtype="float32", device="cpu",
+                      fp32_weights="full")
+
+
+def _loaded_pairs(model, tensors):
+    """(checkpoint key, file tensor, loaded tensor) for every tensor GLaMM-GCG uses."""
     modules = {"model.mm_projector.": model.projector.state_dict(),
                "model.text_hidden_fcs.": model.text_hidden_fcs.state_dict()}
     llm, sam = model.llm.state_dict(), model.sam.state_dict()
-    checked = 0
     for key, value in tensors.items():
         if key.endswith("rotary_emb.inv_freq") or key.startswith("model.region_encoder."):
             continue
@@ -134,19 +140,88 @@ def test_loading_reproduces_every_tensor(folders, model):
         else:
             prefix = next(p for p in modules if key.startswith(p))
             loaded = modules[prefix][key[len(prefix):]]
-        assert loaded.dtype == torch.float32 and torch.equal(loaded.to(value.dtype), value), key
+        yield key, value, loaded
+
+
+@pytest.mark.parametrize("mode", ["bf16_rounded", "full"])
+def test_loading_reproduces_every_tensor(folders, model, full_model, mode):
+    """``full``: every tensor as stored; ``bf16_rounded`` (default): upstream's fp32 recipe
+    (infer.py:120-135), the fp32 SAM / text_hidden_fcs / CLIP tensors rounded through bf16."""
+    root, tensors, clip = folders
+    model = model if mode == "bf16_rounded" else full_model
+
+    def want(value):
+        return value.to(torch.bfloat16).float() if mode == "bf16_rounded" else value.float()
+
+    checked = rounded = 0
+    for key, value, loaded in _loaded_pairs(model, tensors):
+        assert loaded.dtype == torch.float32 and torch.equal(loaded, want(value)), key
         checked += 1
+        rounded += value.dtype == torch.float32 and not torch.equal(want(value), value)
+    llm, sam = model.llm.state_dict(), model.sam.state_dict()
     assert checked == len(llm) + len(sam) - 1 + 8  # SamModel's tied PE copy; 4 + 4 projection tensors
+    assert (rounded > 0) == (mode == "bf16_rounded")  # the fixture's SAM is fp32 with non-bf16 values
     assert torch.equal(sam[sam_ops.TIED_PE[0]], sam[sam_ops.TIED_PE[1]])
     vision = clip.vision_model.state_dict()
-    assert all(torch.equal(v, vision[k.removeprefix("vision_model.")])
-               for k, v in model.clip.state_dict().items())
+    assert all(torch.equal(v, want(vision[k.removeprefix("vision_model.")]))
+               for k, v in model.clip.state_dict().items() if v.is_floating_point())
+    assert model.deviations["fp32_weights"].startswith(mode) and model.deviations["load_warnings"] == []
+
+
+def test_fp32_weights_option_is_checked_and_ignored_in_bf16(folders):
+    root = folders[0]
+    with pytest.raises(ValueError, match="model.fp32_weights=half: choose bf16_rounded or full"):
+        load_glamm(str(root / "glamm"), str(root / "clip"), dtype="float32", device="cpu", fp32_weights="half")
+    bf16 = load_glamm(str(root / "glamm"), str(root / "clip"), dtype="bfloat16", device="cpu")
+    assert bf16.deviations["fp32_weights"].startswith("n/a") and bf16.sam.dtype == torch.bfloat16
+
+
+def test_unexpected_keys_warn_once_and_are_recorded(folders, tmp_path, caplog):
+    """Upstream's from_pretrained ignores unknown keys: one warning line, not a stop."""
+    root = folders[0]
+    extra = tmp_path / "glamm"
+    shutil.copytree(root / "glamm", extra)
+    _rewrite_shard(extra, SECOND, lambda s: s.update({f"model.extra.w{i}": torch.zeros(1) for i in range(7)}))
+    clip = tmp_path / "clip"
+    shutil.copytree(root / "clip", clip)
+    _rewrite_clip(clip, lambda s: s.update({"vision_model.extra": torch.zeros(1)}))
+    with caplog.at_level("WARNING"):
+        loaded = load_glamm(str(extra), str(clip), dtype="float32", device="cpu")
+    lines = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    assert len(lines) == 2, lines
+    assert lines[0].startswith(f"GLaMM checkpoint {extra}: ignored 7 unexpected keys: model.extra.w0")
+    assert lines[0].endswith("(+2 more)") and "\n" not in lines[0]
+    assert lines[1] == f"CLIP folder {clip}: ignored 1 unexpected keys: vision_model.extra"  # not the text tower
+    assert loaded.deviations["load_warnings"] == lines
+
+
+def test_missing_clip_key_stops_with_one_line(folders, tmp_path):
+    root = folders[0]
+    clip = tmp_path / "clip"
+    shutil.copytree(root / "clip", clip)
+    key = "vision_model.encoder.layers.0.mlp.fc1.weight"
+    _rewrite_clip(clip, lambda s: s.pop(key))
+    with pytest.raises(CheckpointError, match=f"CLIP folder {clip}: 1 missing keys: {key}") as err:
+        load_glamm(str(root / "glamm"), str(clip), dtype="float32", device="cpu")
+    assert "\n" not in str(err.value)
 
 
 def _rewrite_shard(folder: Path, name: str, edit) -> None:
     shard = torch.load(folder / name, weights_only=True)
     edit(shard)
     torch.save(shard, folder / name)
+
+
+def _rewrite_clip(folder: Path, edit) -> None:
+    """Edit the tiny CLIP's weights file, whichever format write_clip saved."""
+    from safetensors.torch import load_file, save_file
+    path = next(folder / n for n in ("model.safetensors", "pytorch_model.bin") if (folder / n).is_file())
+    state = load_file(str(path)) if path.suffix == ".safetensors" else torch.load(path, weights_only=True)
+    edit(state)
+    if path.suffix == ".safetensors":
+        save_file({k: v.contiguous() for k, v in state.items()}, str(path), metadata={"format": "pt"})
+    else:
+        torch.save(state, path)
 
 
 FIRST, SECOND = "pytorch_model-00001-of-00002.bin", "pytorch_model-00002-of-00002.bin"
@@ -161,8 +236,8 @@ BROKEN = {
     "wrong shape": (lambda f: _rewrite_shard(f, SECOND, lambda s: s.update(
         {"model.mm_projector.0.weight": torch.zeros(32, 8)})),
                     r"model.mm_projector.0.weight \[32, 8\] in the file, \[32, 16\] expected"),
-    "unexpected key": (lambda f: _rewrite_shard(f, SECOND, lambda s: s.update({"model.extra.w": torch.zeros(1)})),
-                       "1 unexpected keys: model.extra.w"),
+    "wrong sam shape": (lambda f: _rewrite_shard(f, SECOND, lambda s: s.update({SAM_KEY: torch.zeros(3)})),
+                        f"{SAM_KEY} \\[3\\] in the file"),
     "other clip": (lambda f: (f / "config.json").write_text(
         (f / "config.json").read_text().replace('"mm_hidden_size": 16', '"mm_hidden_size": 1024')),
                    "mm_hidden_size=1024 but the CLIP folder's width is 16"),

@@ -12,13 +12,15 @@ from __future__ import annotations
 
 import json
 import math
+from pathlib import Path
 
 import pytest
 import torch
+from omg_fixtures import GCG_FILE, SEG_FILE, loader_kwargs, make_tiny_omg_llava
 from safetensors.torch import save_file
 
 from altp.models.errors import CheckpointError
-from altp.models.omg_llava import prompt
+from altp.models.omg_llava import load_omg_llava, prompt
 from altp.models.omg_llava.internlm2 import PTH_PREFIX, load_internlm2_llama
 
 DIM, LAYERS, HEADS, KV, FFN, VOCAB, RESIZED, THETA, EPS = 32, 2, 4, 2, 48, 40, 45, 100.0, 1e-5
@@ -174,19 +176,26 @@ def test_missing_shard_is_one_line(tmp_path):
     assert "model.safetensors.index.json" in message and "model-00002-of-00002.safetensors" in message
 
 
-def test_missing_lora_wrong_shape_and_unused_keys_are_listed(tmp_path):
+def test_missing_lora_and_wrong_shape_are_listed_unused_keys_only_warn(tmp_path, caplog):
     internlm2_folder(tmp_path / "internlm2")
     omg_pth(tmp_path / "gcg.pth", base_layer=False)
     state = torch.load(tmp_path / "gcg.pth", weights_only=True)
+    unused = PTH_PREFIX + "model.layers.7.attention.wo.lora_A.default.weight"
+    state[unused] = torch.zeros(4, DIM)
+    torch.save(state, tmp_path / "gcg.pth")
+    with caplog.at_level("WARNING"):  # upstream's load_state_dict(strict=False) ignores it too
+        load_internlm2_llama(tmp_path / "internlm2", tmp_path / "gcg.pth", torch.float32)
+    lines = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    assert lines == [f"OMG-LLaVA LLM {tmp_path / 'gcg.pth'}: ignored 1 unused llm keys: "
+                     + unused.replace(".default.", ".")]
     del state[PTH_PREFIX + "model.layers.1.feed_forward.w2.lora_B.default.weight"]
     state[PTH_PREFIX + "model.layers.0.attention.wo.lora_A.default.weight"] = torch.zeros(4, DIM + 1)
-    state[PTH_PREFIX + "model.layers.7.attention.wo.lora_A.default.weight"] = torch.zeros(4, DIM)
     torch.save(state, tmp_path / "gcg.pth")
     message = _error(tmp_path)
     assert "gcg.pth" in message
     assert "missing keys" in message and "layers.1.feed_forward.w2.lora_B" in message
     assert "shape mismatches" in message and "layers.0.attention.wo.lora_A" in message
-    assert "unused llm keys" in message and "layers.7.attention.wo" in message
+    assert "unused" not in message
 
 
 def test_wrong_base_shape_names_the_folder(tmp_path):
@@ -286,3 +295,58 @@ def test_sentencepiece_tokenizer(tmp_path):
               ids["[SEG]"], 3]
     text = prompt.decode(tokenizer, answer)
     assert "<p>" in text and "</p> [SEG] <|im_end|>" in text and "horse" in text
+
+
+def test_sentencepiece_tokenizer_with_the_tokens_already_pieces(tmp_path):
+    """transformers 4.36 ``_add_tokens`` (tokenization_utils.py:492-503) registers a token that is
+    already a piece under the piece's id, and text is split on it: [SEG], <p>, </p> keep their
+    piece ids, only <region> and <mark> get new ones, and each encodes as one id."""
+    spm = pytest.importorskip("sentencepiece")
+    import io
+
+    model = io.BytesIO()
+    text = ["a man riding a horse on the beach", "user assistant description image"] * 10
+    spm.SentencePieceTrainer.train(sentence_iterator=iter(text), model_writer=model, vocab_size=60,
+                                   model_type="bpe", hard_vocab_limit=False, character_coverage=1.0,
+                                   user_defined_symbols=["<|im_end|>", "<|im_start|>", "[SEG]", "<p>", "</p>"],
+                                   bos_id=1, eos_id=2, unk_id=0, pad_id=-1, minloglevel=2)
+    (tmp_path / "tokenizer.model").write_bytes(model.getvalue())
+    tokenizer = prompt.load_tokenizer(tmp_path)
+    sp, pieces = tokenizer.sp, tokenizer.sp.get_piece_size()
+    assert sp.encode("[SEG]", out_type=str)[0] == "▁"  # what taking [0] of sentencepiece's ids gave
+    ids = prompt.add_special_tokens(tokenizer)
+    assert {t: ids[t] for t in ("[SEG]", "<p>", "</p>")} == {t: sp.piece_to_id(t) for t in ("[SEG]", "<p>", "</p>")}
+    assert (ids["<region>"], ids["<mark>"]) == (pieces, pieces + 1)
+    assert ids["embedding_rows"] == pieces + 1 and len(tokenizer) == pieces + 2
+    assert tokenizer.add_tokens(["[SEG]", "<region>", "<new>"]) == 1  # only <new> is new
+    answer = "a man <p>horse</p>[SEG] on<region>"
+    assert tokenizer.encode(answer, add_special_tokens=False) == [
+        *sp.encode("a man "), ids["<p>"], *sp.encode("horse"), ids["</p>"], ids["[SEG]"], *sp.encode(" on"),
+        ids["<region>"]]
+    assert "</p> [SEG]" in prompt.decode(tokenizer, [ids["</p>"], ids["[SEG]"]])
+
+
+def _edit_state(path: Path, edit, key: str | None = "state_dict") -> None:
+    state = torch.load(path, weights_only=True)
+    edit(state[key] if key else state)
+    torch.save(state, path)
+
+
+def test_unexpected_keys_warn_and_are_recorded_missing_ones_stop(tmp_path, caplog):
+    """Upstream loads every file with strict=False: unknown keys are one warning line per part,
+    listed in metrics.json (``model_deviations.load_warnings``); a missing key still stops."""
+    extra = make_tiny_omg_llava(tmp_path / "omg")
+    _edit_state(extra / SEG_FILE, lambda s: s.update({f"panoptic_head.new_{i}.weight": torch.zeros(1) for i in range(6)}))
+    _edit_state(extra / GCG_FILE, lambda s: s.update({PTH_PREFIX + "model.extra.weight": torch.zeros(1),
+                                                "projector.model.extra": torch.zeros(1)}), None)
+    with caplog.at_level("WARNING"):
+        loaded = load_omg_llava(**loader_kwargs(extra))
+    lines = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    assert len(lines) == 3 and all("\n" not in line for line in lines), lines
+    assert "ignored 6 unexpected: panoptic_head.new_0.weight" in lines[0] and lines[0].endswith("(+1 more)")
+    assert SEG_FILE in lines[0] and lines[1].endswith(f"{GCG_FILE}: ignored 1 unexpected: projector.model.extra")
+    assert lines[2].endswith(f"{GCG_FILE}: ignored 1 unused llm keys: {PTH_PREFIX}model.extra.weight")
+    assert loaded.deviations["load_warnings"] == lines
+    _edit_state(extra / SEG_FILE, lambda s: s.pop("panoptic_head.query_embed.weight"))
+    with pytest.raises(CheckpointError, match=f"{SEG_FILE}.*1 missing: panoptic_head.query_embed.weight"):
+        load_omg_llava(**loader_kwargs(extra))

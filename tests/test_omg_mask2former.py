@@ -169,12 +169,25 @@ def test_missing_and_mismatched_keys_one_line():
     assert "\n" not in message and message.startswith("omg_seg_convl.pth: ")
     assert "1 missing: panoptic_head.query_embed.weight" in message
     assert "panoptic_head.level_embed.weight (4, 32)!=(3, 32)" in message
-    assert "1 unexpected: panoptic_head.transformer_decoder_llm.post_norm.weight" in message
+    assert "unexpected" not in message  # only a warning (test_unexpected_keys_only_warn)
     many = {k: v for k, v in sd.items() if "layers" not in k}
     with pytest.raises(CheckpointError, match=r"missing: .*\(\+\d+ more\)"):
         load_released(tiny_head(), many)
     with pytest.raises(CheckpointError, match="cannot infer"):
         infer_config({})
+
+
+def test_unexpected_keys_only_warn(caplog):
+    """Upstream loads with strict=False: an unknown panoptic_head.* key warns, the head loads."""
+    head = tiny_head()
+    sd = released_state_dict(head)
+    sd["panoptic_head.transformer_decoder_llm.post_norm.weight"] = torch.ones(C)  # head has no _llm
+    other = tiny_head()
+    with caplog.at_level("WARNING"):
+        load_released(other, sd, source="omg_seg_convl.pth")
+    assert [r.getMessage() for r in caplog.records if r.levelname == "WARNING"] == [
+        "omg_seg_convl.pth: ignored 1 unexpected: panoptic_head.transformer_decoder_llm.post_norm.weight"]
+    torch.testing.assert_close(other.query_embed.weight, head.query_embed.weight)
 
 
 def test_segment_llm_uses_llm_copies_when_present():

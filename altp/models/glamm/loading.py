@@ -13,8 +13,14 @@ Never ``AutoModel`` on that folder: its ``model_type="llava"`` now means HF's ow
   the paper says GELU, the code ReLU) and, renamed by ``sam.to_hf``, HF ``SamModel``;
   ``region_encoder`` (unused for GCG, needs mmcv) is skipped with a log line (glamm.md §1.2-1.3).
 
-Anything that does not fit -- a missing shard, missing or unexpected keys, shape mismatches --
-is collected and raised as one ``CheckpointError`` line that lists it.
+Anything that does not fit -- a missing shard, missing keys, shape mismatches -- is collected and
+raised as one ``CheckpointError`` line that lists it. Unexpected keys are ignored with one warning
+line (``errors.warn_unexpected``), as upstream's ``from_pretrained`` does.
+
+``round_bf16``: every checkpoint tensor goes through bf16 first, as upstream's loading does
+(``eval/gcg/infer.py:120-122`` loads with ``torch_dtype=torch.bfloat16``; its fp32 recipe is
+``model.float()`` afterwards, ``:135``): a no-op for the bf16 LLM and projector, a rounding of the
+fp32 SAM and ``text_hidden_fcs``.
 """
 
 from __future__ import annotations
@@ -29,7 +35,7 @@ from torch import nn
 from transformers import LlamaConfig, LlamaForCausalLM, SamModel
 from transformers.models.llama.modeling_llama import LlamaRotaryEmbedding
 
-from altp.models.errors import CheckpointError, listed
+from altp.models.errors import CheckpointError, listed, warn_unexpected
 from altp.models.glamm import sam
 
 log = logging.getLogger(__name__)
@@ -110,8 +116,10 @@ def _checkpoint_key(part: str, local: str) -> str | None:
     return (PROJECTOR if part == "projector" else TEXT_FCS) + local
 
 
-def load_parts(folder: Path, clip_width: int, dtype: torch.dtype) -> tuple[dict[str, nn.Module], dict]:
-    """(modules llm / projector / text_hidden_fcs / sam in ``dtype``, config.json) from ``folder``."""
+def load_parts(folder: Path, clip_width: int, dtype: torch.dtype,
+               round_bf16: bool = False) -> tuple[dict[str, nn.Module], dict]:
+    """(modules llm / projector / text_hidden_fcs / sam in ``dtype``, config.json) from ``folder``;
+    ``round_bf16``: the tensors rounded through bf16 first (module docstring)."""
     config = read_config(folder)
     tensors = {k: v for k, v in read_tensors(folder).items() if not k.endswith(ROTARY)}
     skipped = [k for k in tensors if k.startswith(REGION)]
@@ -145,16 +153,17 @@ def load_parts(folder: Path, clip_width: int, dtype: torch.dtype) -> tuple[dict[
     unexpected = [k for k in tensors if k not in expected]
     wrong = [f"{k} {list(tensors[k].shape)} in the file, {list(shape)} expected"
              for k, (_, _, shape) in expected.items() if k in tensors and tuple(tensors[k].shape) != shape]
-    problems += [listed(kind, items) for kind, items in
-                 (("missing keys", missing), ("unexpected keys", unexpected), ("shape mismatches", wrong))
+    problems += [listed(kind, items) for kind, items in (("missing keys", missing), ("shape mismatches", wrong))
                  if items]
     if problems:
         raise CheckpointError(f"GLaMM checkpoint {folder} does not match the released layout: "
                               + "; ".join(problems))
+    warn_unexpected(f"GLaMM checkpoint {folder}", unexpected)
 
     states = {part: {} for part in parts}
     for key, (part, local, _) in expected.items():
-        states[part][local] = tensors[key]
+        value = tensors[key]
+        states[part][local] = value.to(torch.bfloat16) if round_bf16 and value.is_floating_point() else value
     states["sam"][sam.TIED_PE[0]] = states["sam"][sam.TIED_PE[1]]
     for part, module in parts.items():
         module.load_state_dict(states[part], strict=True, assign=True)

@@ -36,7 +36,7 @@ from transformers.models.clip.image_processing_pil_clip import CLIPImageProcesso
 from transformers.utils import logging as hf_logging
 
 from altp.engine import EngineInputs, GenerationOutput, PruningEngine
-from altp.models.errors import CheckpointError
+from altp.models.errors import CheckpointError, collect_warnings, raise_problems, warn_unexpected
 from altp.models.glamm import sam as sam_ops
 from altp.models.glamm.loading import load_parts
 from altp.models.glamm.prompt import IMAGE_TOKEN_INDEX, build_prompt_ids
@@ -45,6 +45,8 @@ from eval.cleanup import clean_caption
 
 EOS_ID = 2
 DTYPES = {"bfloat16": torch.bfloat16, "float32": torch.float32}
+FP32_WEIGHTS = ("bf16_rounded", "full")  # load_glamm's fp32_weights
+CLIP_TEXT_PARTS = ("text_model.", "text_projection.", "visual_projection.", "logit_scale")  # CLIPModel's rest
 
 
 class GLaMM(nn.Module):
@@ -54,7 +56,7 @@ class GLaMM(nn.Module):
 
     def __init__(self, llm, clip, projector, text_hidden_fcs, sam, clip_processor, ids: list[int],
                  tokenizer=None, seg_token_id: int = 32004, select_layer: int = -2,
-                 prompt_mode: str = "reference"):
+                 prompt_mode: str = "reference", details: dict | None = None):
         super().__init__()
         self.llm, self.clip, self.projector = llm, clip, projector
         self.text_hidden_fcs, self.sam = text_hidden_fcs, sam
@@ -65,6 +67,7 @@ class GLaMM(nn.Module):
         self.grid = (side, side)
         self.sam_size = sam.config.vision_config.image_size
         self.prompt_mode = prompt_mode
+        self.details = details or {}  # from loading: fp32_weights, load_warnings
 
     @property
     def n_visual(self) -> int:
@@ -77,7 +80,7 @@ class GLaMM(nn.Module):
                   else f"tokenized by transformers {transformers.__version__}")
         return {"kv_cache": True, "attention": "sdpa", "batched": True,
                 "prompt_ids": f"{self.prompt_mode}: {source}",
-                "prefill_tokens": len(self.ids) - 1 + self.n_visual}
+                "prefill_tokens": len(self.ids) - 1 + self.n_visual, **self.details}
 
     # --- inputs --------------------------------------------------------------------------
     def clip_inputs(self, images: list[np.ndarray]) -> tuple[torch.Tensor, list[np.ndarray]]:
@@ -151,38 +154,82 @@ def resolve_dtype(dtype: str, device: str) -> torch.dtype:
     return DTYPES[dtype]
 
 
+def load_tokenizer(folder: Path):
+    """The released tokenizer files with the installed transformers, ``legacy=False``.
+
+    The release's tokenizer_config.json was written by transformers 4.28 and has no ``legacy``
+    field, for which transformers 5 picks ``legacy=True``: a '▁' is then prepended to every chunk
+    after an added token (``<im_end> provides`` -> '▁▁provides' instead of 4.28's '▁provides',
+    ``tokenization_llama.py`` there strips the space next to an added token). With
+    ``legacy=False`` only the lone '▁' before ``<im_start>`` differs from 4.28 (``prompt.py``).
+    Only ``prompt_ids=tokenizer`` and the decoding of answers depend on it.
+    """
+    try:
+        return AutoTokenizer.from_pretrained(folder, legacy=False)
+    except (OSError, ValueError, ImportError) as err:  # e.g. tokenizer.model without sentencepiece
+        raise CheckpointError(f"GLaMM tokenizer in {folder}: {str(err).splitlines()[0]} "
+                              "(tokenizer.model needs: pip install sentencepiece protobuf)") from None
+
+
+def load_clip(folder: Path, dtype: torch.dtype) -> CLIPVisionModel:
+    """CLIP's vision tower from a local ``openai/clip-vit-large-patch14-336`` (a whole CLIPModel):
+    its text tower and projections are expected extras; any other unexpected key warns, a missing
+    or mismatched one stops (transformers would leave it randomly initialised)."""
+    verbosity = hf_logging.get_verbosity()
+    hf_logging.set_verbosity_error()  # its load report lists the text tower; ours below lists the rest
+    try:
+        clip, info = CLIPVisionModel.from_pretrained(folder, dtype=dtype, output_loading_info=True)
+    except (OSError, ValueError, RuntimeError) as err:
+        raise CheckpointError(f"CLIP folder {folder}: {str(err).strip().splitlines()[0]}") from None
+    finally:
+        hf_logging.set_verbosity(verbosity)
+    def in_file(key: str) -> str:  # transformers 5 reports vision keys without their "vision_model."
+        return key if key.startswith(("vision_model.", *CLIP_TEXT_PARTS)) else "vision_model." + key
+
+    raise_problems(f"CLIP folder {folder}", [("missing keys", sorted(map(in_file, info["missing_keys"]))),
+                                             ("shape mismatches", sorted(map(str, info["mismatched_keys"])))])
+    warn_unexpected(f"CLIP folder {folder}", sorted(in_file(k) for k in info["unexpected_keys"]
+                                                    if not k.startswith(CLIP_TEXT_PARTS)))
+    return clip.eval()
+
+
 def load_glamm(checkpoint: str, clip: str, dtype: str = "auto", device: str = "auto",
-               prompt_ids: str = "reference") -> GLaMM:
+               prompt_ids: str = "reference", fp32_weights: str = "bf16_rounded") -> GLaMM:
     """GLaMM-GCG from its released folder and a local ``openai/clip-vit-large-patch14-336``.
 
-    ``prompt_ids``: ``reference`` | ``tokenizer`` (``prompt.py``). Every problem with the folders
-    is one ``CheckpointError`` line.
+    ``prompt_ids``: ``reference`` | ``tokenizer`` (``prompt.py``). ``fp32_weights`` (float32 only):
+    ``bf16_rounded`` = upstream's fp32 recipe, CLIP, SAM and ``text_hidden_fcs`` on weights rounded
+    through bf16 (``eval/gcg/infer.py:120-122`` loads with ``torch_dtype=torch.bfloat16``, ``:132``
+    casts the vision tower to bf16, ``:135`` says ``model.float()`` for fp32); ``full`` = the
+    weights as stored. Every problem with the folders is one ``CheckpointError`` line; unexpected
+    keys warn and are recorded (``deviations["load_warnings"]``).
     """
+    if fp32_weights not in FP32_WEIGHTS:
+        raise ValueError(f"model.fp32_weights={fp32_weights}: choose {' or '.join(FP32_WEIGHTS)}")
     folder, clip_folder = Path(checkpoint), Path(clip)
     for what, path in (("GLaMM checkpoint", folder), ("CLIP", clip_folder)):
         if not path.is_dir():
             raise CheckpointError(f"{what} folder {path} not found")
     torch_dtype = resolve_dtype(dtype, device)
+    rounded = torch_dtype == torch.float32 and fp32_weights == "bf16_rounded"
     try:
         clip_config = CLIPVisionConfig.from_pretrained(clip_folder)
     except (OSError, ValueError) as err:
         raise CheckpointError(f"CLIP folder {clip_folder}: {str(err).splitlines()[0]}") from None
-    parts, config = load_parts(folder, clip_config.hidden_size, torch_dtype)
-    try:
-        tokenizer = AutoTokenizer.from_pretrained(folder)
-    except (OSError, ValueError, ImportError) as err:  # e.g. tokenizer.model without sentencepiece
-        raise CheckpointError(f"GLaMM tokenizer in {folder}: {str(err).splitlines()[0]} "
-                              "(tokenizer.model needs: pip install sentencepiece protobuf)") from None
-    seg = tokenizer.convert_tokens_to_ids("[SEG]")  # not tokenizer("[SEG]")[0]: glamm.md §1.5
-    if seg is None or seg == tokenizer.unk_token_id:
-        raise CheckpointError(f"GLaMM tokenizer in {folder} has no [SEG] token")
-    verbosity = hf_logging.get_verbosity()
-    hf_logging.set_verbosity_error()  # the folder is a whole CLIPModel: its text tower is unused
-    try:
-        clip_model = CLIPVisionModel.from_pretrained(clip_folder, dtype=torch_dtype).eval()
-    finally:
-        hf_logging.set_verbosity(verbosity)
+    with collect_warnings() as notes:
+        parts, config = load_parts(folder, clip_config.hidden_size, torch_dtype, round_bf16=rounded)
+        tokenizer = load_tokenizer(folder)
+        seg = tokenizer.convert_tokens_to_ids("[SEG]")  # not tokenizer("[SEG]")[0]: glamm.md §1.5
+        if seg is None or seg == tokenizer.unk_token_id:
+            raise CheckpointError(f"GLaMM tokenizer in {folder} has no [SEG] token")
+        clip_model = load_clip(clip_folder, torch.bfloat16 if rounded else torch_dtype)
+    if rounded:
+        clip_model.float()  # infer.py:132 vision_tower.to(bf16), then :135 model.float()
+    precision = ("n/a (bfloat16 weights)" if torch_dtype != torch.float32 else
+                 "bf16_rounded: CLIP, SAM, text_hidden_fcs weights rounded through bf16 (infer.py:120-135)"
+                 if rounded else "full: fp32 weights as stored (upstream rounds them through bf16)")
     ids = build_prompt_ids(tokenizer, prompt_ids)
     return GLaMM(parts["llm"], clip_model, parts["projector"], parts["text_hidden_fcs"], parts["sam"],
                  CLIPImageProcessorPil.from_pretrained(clip_folder), ids, tokenizer, seg,
-                 config.get("mm_vision_select_layer", -2), prompt_ids).eval()
+                 config.get("mm_vision_select_layer", -2), prompt_ids,
+                 details={"fp32_weights": precision, "load_warnings": notes}).eval()

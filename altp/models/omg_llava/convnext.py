@@ -33,7 +33,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from altp.models.errors import CheckpointError, raise_problems
+from altp.models.errors import CheckpointError, raise_problems, warn_unexpected
 
 OMG_SEG_PREFIX = "backbone."  # OpenCLIPBackbone_omgseg inside OMGSegVisualEncoder
 OPEN_CLIP_PREFIX = "visual.trunk."  # open_clip CLIP.visual (TimmModel).trunk
@@ -166,7 +166,8 @@ def infer_convnext_config(tensors: dict[str, torch.Tensor], prefix: str = "") ->
 def load_exact(module: nn.Module, named: dict[str, torch.Tensor], names: dict[str, str],
                where: str) -> None:
     """Copy ``named[names[k]]`` into each entry ``k`` of ``module.state_dict()``; every missing
-    key, shape mismatch and unused entry of ``named`` becomes one ``CheckpointError`` line.
+    key and shape mismatch becomes one ``CheckpointError`` line, unused entries of ``named`` one
+    warning line (upstream loads with ``strict=False``).
 
     ``names`` maps module keys to released keys (used in the message); ``where`` says which
     file / prefix is being read. Shared by ``convnext`` and ``pixel_decoder``."""
@@ -175,8 +176,8 @@ def load_exact(module: nn.Module, named: dict[str, torch.Tensor], names: dict[st
     mismatched = [f"{names[k]} {list(named[k].shape)} vs {list(v.shape)}"
                   for k, v in own.items() if k in named and named[k].shape != v.shape]
     unexpected = [names.get(k, k) for k in named if k not in own]
-    raise_problems(where, [("missing", missing), ("shape mismatches (checkpoint vs model)", mismatched),
-                           ("unexpected", unexpected)])
+    raise_problems(where, [("missing", missing), ("shape mismatches (checkpoint vs model)", mismatched)])
+    warn_unexpected(where, unexpected, "unexpected")
     with torch.no_grad():
         for key, value in own.items():
             value.copy_(named[key])

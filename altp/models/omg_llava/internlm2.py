@@ -36,7 +36,7 @@ from safetensors import safe_open
 from transformers import LlamaConfig, LlamaForCausalLM
 from transformers.models.llama.modeling_llama import LlamaRotaryEmbedding
 
-from altp.models.errors import CheckpointError, raise_problems
+from altp.models.errors import CheckpointError, raise_problems, warn_unexpected
 
 log = logging.getLogger(__name__)
 
@@ -158,7 +158,7 @@ def _expected_base(config: dict) -> dict[str, tuple[int, ...]]:
 
 def _check_pth(path: Path, pth: dict, base: dict[str, tuple[int, ...]], hidden: int) -> None:
     """Embedding and head (same shape, ``hidden`` wide), one LoRA pair per linear layer (the
-    head's pair is optional), ranks and widths consistent, and no other ``llm.*`` key."""
+    head's pair is optional), ranks and widths consistent; any other ``llm.*`` key warns."""
     linears = {k[: -len(".weight")]: s for k, s in base.items() if len(s) == 2}
     missing = [k for k in FROM_PTH if k not in pth]
     wrong = []
@@ -177,8 +177,8 @@ def _check_pth(path: Path, pth: dict, base: dict[str, tuple[int, ...]], hidden: 
                 wrong.append(f"{a_key} {list(a)} / {b_key} {list(b)} for {stem} [{out_dim}, {in_dim}]")
     used = set(FROM_PTH) | {f"{stem}.lora_{x}.weight" for stem in linears for x in "AB"}
     unused = sorted(k for k in pth if k not in used)
-    _raise(path, [("missing keys", [PTH_PREFIX + k for k in missing]), ("shape mismatches", wrong),
-                  ("unused llm keys", [PTH_PREFIX + k for k in unused])])
+    _raise(path, [("missing keys", [PTH_PREFIX + k for k in missing]), ("shape mismatches", wrong)])
+    warn_unexpected(f"OMG-LLaVA LLM {path}", [PTH_PREFIX + k for k in unused], "unused llm keys")
 
 
 def nf4_roundtrip(weight: torch.Tensor) -> torch.Tensor:
@@ -219,8 +219,8 @@ def load_internlm2_llama(folder: str | Path, pth: str | Path, dtype: torch.dtype
     wrong = [f"{k} {list(where[k].shapes[k])} in the file, {list(s)} expected"
              for k, s in base.items() if k in where and where[k].shapes[k] != s]
     unexpected = [k for k in where if k not in base and k not in FROM_PTH and not k.endswith("inv_freq")]
-    _raise(folder, [("missing keys", [k for k in base if k not in where]),
-                    ("shape mismatches", wrong), ("unexpected keys", unexpected)])
+    _raise(folder, [("missing keys", [k for k in base if k not in where]), ("shape mismatches", wrong)])
+    warn_unexpected(f"OMG-LLaVA LLM {folder}", unexpected)
 
     heads = config["num_attention_heads"]
     kv_heads = config.get("num_key_value_heads", heads)

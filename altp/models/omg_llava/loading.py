@@ -7,8 +7,10 @@
                                                      projector_text2vision.*, the GCG [SEG] decoder
 
 Every dimension comes from tensor shapes (tiny checkpoints in this layout load through the same
-code); what shapes cannot tell (attention heads, deformable points) is upstream's. Every problem
-is one ``CheckpointError`` line that names the file.
+code); what shapes cannot tell (attention heads, deformable points) is upstream's. A missing or
+mismatched key is one ``CheckpointError`` line that names the file; unexpected keys are ignored
+with one warning line each part (upstream loads with ``strict=False``), recorded in metrics.json
+(``model_deviations.load_warnings``).
 """
 
 from __future__ import annotations
@@ -19,7 +21,7 @@ from pathlib import Path
 
 import torch
 
-from altp.models.errors import CheckpointError, raise_problems
+from altp.models.errors import CheckpointError, collect_warnings, raise_problems, warn_unexpected
 from altp.models.glamm.model import resolve_dtype
 from altp.models.omg_llava import convnext, mask2former, pixel_decoder
 from altp.models.omg_llava.internlm2 import load_internlm2_llama, read_state
@@ -118,6 +120,8 @@ def build_projectors(gcg: dict, path: Path) -> tuple[ObjectPixelProjector, torch
         raise_problems(f"OMG-LLaVA checkpoint {path}", [
             ("missing", [prefix + k for k in own if k not in state]),
             ("shape mismatches", [prefix + k for k, v in state.items() if v.shape != own[k].shape])])
+        warn_unexpected(f"OMG-LLaVA checkpoint {path}",
+                        [k for k in gcg if k.startswith(prefix) and k[len(prefix):] not in own], "unexpected")
         module.load_state_dict(state)
     return projector.float().eval(), text2vision.float().eval()
 
@@ -133,9 +137,10 @@ def load_omg_llava(llm_dir: str, seg_weights: str, class_embeddings: str, checkp
     seg_path, gcg_path = Path(seg_weights), Path(checkpoint)
     seg, gcg = read_state(seg_path, "OMG-Seg weights"), read_state(gcg_path, "OMG-LLaVA checkpoint")
     embed = read_class_embeddings(Path(class_embeddings))
-    perception = build_perception(seg, gcg, embed, backbone, seg_path, image_size, gcg_path)
-    projector, text2vision = build_projectors(gcg, gcg_path)
-    llm, info = load_internlm2_llama(llm_dir, gcg_path, resolve_dtype(dtype, device), nf4=nf4, state=gcg)
+    with collect_warnings() as notes:
+        perception = build_perception(seg, gcg, embed, backbone, seg_path, image_size, gcg_path)
+        projector, text2vision = build_projectors(gcg, gcg_path)
+        llm, info = load_internlm2_llama(llm_dir, gcg_path, resolve_dtype(dtype, device), nf4=nf4, state=gcg)
     tokenizer = load_tokenizer(llm_dir)
     ids = add_special_tokens(tokenizer)
     if ids["embedding_rows"] != llm.config.vocab_size:  # <mark>, added after the resize, has no row
@@ -143,4 +148,5 @@ def load_omg_llava(llm_dir: str, seg_weights: str, class_embeddings: str, checkp
                               f"</p>, <region> but {gcg_path} embeds {llm.config.vocab_size}")
     questions = [build_prompt_ids(tokenizer, q) for q in GCG_QUESTIONS]
     return OMGLLaVA(perception, projector, text2vision, llm, tokenizer, questions, ids["[SEG]"],
-                    sorted(stop_ids(tokenizer)), retry_questions, details=info).eval()
+                    sorted(stop_ids(tokenizer)), retry_questions,
+                    details={**info, "load_warnings": notes}).eval()

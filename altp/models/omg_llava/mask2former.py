@@ -24,7 +24,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from altp.models.errors import CheckpointError, listed, raise_problems
+from altp.models.errors import CheckpointError, listed, raise_problems, warn_unexpected
 
 PREFIX = "panoptic_head."
 LLM_PREFIX = "visual_encoder.panoptic_head."
@@ -335,8 +335,9 @@ def load_released(module: OMGMask2FormerHead, tensors: Mapping[str, torch.Tensor
     ``llm_tensors[llm_prefix + name]`` when given (the GCG .pth), else from ``tensors``.
 
     Keys under ``prefix`` with no inference role (``UNUSED_PARTS``) are skipped and returned;
-    missing keys, shape mismatches and any other key under ``prefix`` (e.g. _llm weights for a
-    head built without them) raise one ``CheckpointError`` line."""
+    missing keys and shape mismatches raise one ``CheckpointError`` line; any other key under
+    ``prefix`` (e.g. _llm weights for a head built without them) is ignored with one warning line,
+    as upstream's ``strict=False`` loading."""
     wanted = module.state_dict()
     state, missing, mismatched = {}, [], []
     for name, target in wanted.items():
@@ -353,7 +354,8 @@ def load_released(module: OMGMask2FormerHead, tensors: Mapping[str, torch.Tensor
     for key in tensors:
         if key.startswith(prefix) and key[len(prefix):] not in wanted:
             (ignored if key[len(prefix):].startswith(UNUSED_PARTS) else unexpected).append(key)
-    raise_problems(source, [("missing", missing), ("shape mismatches", mismatched), ("unexpected", unexpected)])
+    raise_problems(source, [("missing", missing), ("shape mismatches", mismatched)])
+    warn_unexpected(source, unexpected, "unexpected")
     module.load_state_dict(state, strict=True)
     return ignored
 

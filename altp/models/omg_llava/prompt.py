@@ -120,13 +120,20 @@ class SentencePieceTokenizer:
         return self.sp.get_piece_size() + sum(i >= self.sp.get_piece_size() for i in self.added.values())
 
     def add_tokens(self, tokens: list[str], special_tokens: bool = True) -> int:
-        """New tokens get ids from ``len(self)`` on; known tokens and pieces are skipped."""
+        """transformers 4.36 ``PreTrainedTokenizer._add_tokens`` (tokenization_utils.py:463-503):
+        an added token is skipped; a token that is already a sentencepiece piece is registered
+        under the piece's own id (:492-503: text is then split on it, so it encodes as that one
+        id); any other gets the next id, ``len(self)``. Returns how many ids are new."""
         new = 0
         for token in tokens:
-            if token in self.added or self.sp.piece_to_id(token) != self.unk_token_id:
+            if not token or token in self.added:
                 continue
-            self._register(token, len(self))
-            new += 1
+            piece = self.sp.piece_to_id(token)
+            if self.sp.id_to_piece(piece) == token:  # in get_vocab(): keeps its id
+                self._register(token, piece)
+            else:
+                self._register(token, len(self))
+                new += 1
         return new
 
     def convert_tokens_to_ids(self, token: str) -> int:
