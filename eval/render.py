@@ -21,7 +21,9 @@ def to_markdown(columns, rows) -> str:
 
 def to_latex(columns, rows) -> str:
     def esc(text: str) -> str:
-        return text.replace("%", r"\%").replace("_", r"\_").replace("↓", r"$\downarrow$")
+        for char in "%_&#":
+            text = text.replace(char, "\\" + char)
+        return text.replace("↓", r"$\downarrow$").replace("×", r"$\times$")
 
     lines = [r"\begin{tabular}{l" + "r" * (len(columns) - 1) + "}", r"\toprule",
              " & ".join(esc(c) for c in columns) + r" \\", r"\midrule"]

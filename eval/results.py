@@ -27,6 +27,7 @@ SPECS = {  # Tables 1-3: the methods and keeps each holds; "upper": the unpruned
 TABLE4_KEEP = 0.1
 TABLE4_ROWS = [(3, 5), (7, 5), (10, 5), (15, 5), (10, 3), (10, 10)]  # (N, C) as the paper prints
 SLIC_PARAMS = {"n_segments", "compactness"}
+REQUIRED = ("model", "data", "split", "pruner", "keep", "visual_tokens")  # what placing a run needs
 
 
 def load_runs(runs_dir: Path, problems: list[str] | None = None) -> list[dict]:
@@ -36,6 +37,9 @@ def load_runs(runs_dir: Path, problems: list[str] | None = None) -> list[dict]:
     for path in sorted(Path(runs_dir).glob("**/metrics.json")):
         try:
             metrics = json.loads(path.read_text())
+            missing = [key for key in REQUIRED if key not in metrics]
+            if missing:
+                raise KeyError(f"no {', '.join(missing)}")
             metrics["section"] = f"{metrics['model']} on {metrics['data']}" + (
                 f" (first {metrics['limit']} images)" if metrics.get("limit") else "")
             model_dir = path.parent.parent.parent.name

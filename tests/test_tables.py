@@ -94,6 +94,9 @@ def test_a_copied_run_is_reported_once(tmp_path, capsys):
     fake_run(tmp_path / "b" / "runs", "tiny_gcg", "fastv", 0.1, "val", 0.5)
     (tmp_path / "c").mkdir()
     (tmp_path / "c" / "metrics.json").write_text("{not json")
+    (tmp_path / "d").mkdir()
+    (tmp_path / "d" / "metrics.json").write_text(json.dumps({"model": "tiny_gcg"}))
     main(["--runs", str(tmp_path), "--out", str(tmp_path / "tables"), "--no-figures"])
     out = capsys.readouterr().out
-    assert "not shown" in out and "same settings as" in out and "skipped" in out and "unreadable" in out
+    assert "not shown" in out and "same settings as" in out and out.count("unreadable metrics.json") == 2
+    assert "no data, split, pruner, keep, visual_tokens" in out
