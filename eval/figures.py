@@ -39,9 +39,9 @@ def x_value(run: dict, axis: str) -> float | None:
 
 
 def default_runs(runs: list[dict]) -> list[dict]:
-    """Runs with default model and pruner settings (duplicates left out)."""
+    """Runs with default pruner settings (duplicates left out)."""
     return [p.run for p in place_all(runs)
-            if p.duplicate_of is None and not p.run.get("variant") and not p.run.get("model_settings")]
+            if p.duplicate_of is None and not p.run.get("variant")]
 
 
 def series(runs: list[dict], section: str, split: str, axis: str) -> dict[str, list[tuple[float, dict]]]:
@@ -58,7 +58,7 @@ def series(runs: list[dict], section: str, split: str, axis: str) -> dict[str, l
 
 def paper_series(runs: list[dict], section: str, split: str) -> dict[str, list[tuple[float, dict]]]:
     """pruner -> [(FLOPs %, {metric: value x100})] of the paper's rows for this section's model."""
-    model = section.split(" on ")[0]
+    model = next(r["model"] for r in runs if r["section"] == section)
     ours = {(p, run["keep"]): x for p, points in series(runs, section, split, "flops").items()
             for x, run in points}
     lines: dict[str, dict[float, tuple[float, dict]]] = {}

@@ -4,8 +4,9 @@ A run lands in the paper's Tables 1-3 when it has default settings, a method and
 tables hold; in Table 4 when it is ALTP at keep 0.1 varying at most SLIC's N and C (the paper's
 rows, or the N x C grid beside them). Anything else goes to the "other runs" table, with the
 reason (``placement``). Run directories are ``<data>-<split>/<model>[settings]/<pruner>[params]/
-keep<k>`` (altp.runner.run_directory); a ``[settings]`` model folder keeps a run out of the
-paper tables, because metrics.json names only the model.
+keep<k>`` (altp.runner.run_directory); a ``[settings]`` model folder (other weights, other
+model options) makes a section of its own, ``tiny_gcg[weights=...] on synthetic``, because
+metrics.json names only the model.
 """
 
 from __future__ import annotations
@@ -40,11 +41,11 @@ def load_runs(runs_dir: Path, problems: list[str] | None = None) -> list[dict]:
             missing = [key for key in REQUIRED if key not in metrics]
             if missing:
                 raise KeyError(f"no {', '.join(missing)}")
-            metrics["section"] = f"{metrics['model']} on {metrics['data']}" + (
-                f" (first {metrics['limit']} images)" if metrics.get("limit") else "")
             model_dir = path.parent.parent.parent.name
             metrics["model_settings"] = (model_dir[len(metrics["model"]):]
                                          if model_dir.startswith(metrics["model"] + "[") else "")
+            metrics["section"] = f"{metrics['model']}{metrics['model_settings']} on {metrics['data']}" + (
+                f" (first {metrics['limit']} images)" if metrics.get("limit") else "")
             metrics["keep"] = float(metrics["keep"])
             metrics.setdefault("variant", {})
         except (OSError, ValueError, KeyError, TypeError) as error:
@@ -79,8 +80,7 @@ def upper_label(n_visual: int) -> str:
 
 def slic_point(run: dict) -> tuple | None:
     """(N, C) of an ALTP run at keep 0.1 that differs from the defaults in N / C at most."""
-    if run["pruner"] != "altp" or run["keep"] != TABLE4_KEEP or run.get("model_settings") \
-            or not set(run.get("variant", {})) <= SLIC_PARAMS:
+    if run["pruner"] != "altp" or run["keep"] != TABLE4_KEEP or not set(run.get("variant", {})) <= SLIC_PARAMS:
         return None
     params = run.get("pruner_params", {})
     return params.get("n_segments"), params.get("compactness")
@@ -95,8 +95,6 @@ def grid_points(runs: list[dict], section: str) -> list[tuple]:
 def placement(run: dict, grid: list[tuple]) -> tuple[list[str], str]:
     """(the tables showing ``run``, why none does when the list is empty); ``grid``: the
     (N, C) points of the run's section that the N x C grid shows."""
-    if run.get("model_settings"):
-        return [], f"non-default model settings {run['model_settings']}: the paper tables hold default models"
     point = slic_point(run)
     if point is not None:
         shown = (["Table 4"] if point in TABLE4_ROWS else []) + (["Table 4 N x C grid"] if point in grid else [])
@@ -132,7 +130,7 @@ def place_all(runs: list[dict]) -> list[Placed]:
     grids = {section: grid_points(runs, section) for section in {r["section"] for r in runs}}
     first, placed = {}, []
     for run in runs:
-        key = (run["section"], run.get("model_settings", ""), run["split"], run["pruner"], run["keep"],
+        key = (run["section"], run["split"], run["pruner"], run["keep"],
                json.dumps(run.get("variant", {}), sort_keys=True))
         if key in first:
             placed.append(Placed(run, [], "same settings as an earlier run: shown once", first[key]["path"]))

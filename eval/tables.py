@@ -74,9 +74,10 @@ def _columns(metrics, flops: bool) -> list[str]:
     return ["Method"] + (["FLOPs"] if flops else []) + [f"{s} {m}" for s in SPLITS for m in metrics]
 
 
-def _sections(runs: list[dict]) -> dict[str, int]:
-    """section -> the model's visual token count (headings count tokens from it)."""
-    return {r["section"]: r["visual_tokens"] for r in sorted(runs, key=lambda r: r["section"])}
+def _sections(runs: list[dict]) -> dict[str, tuple[dict | None, int]]:
+    """section -> (the paper's rows by table for its model, its visual token count)."""
+    return {r["section"]: ({n: PAPER[n].get(r["model"]) for n in PAPER}, r["visual_tokens"])
+            for r in sorted(runs, key=lambda r: r["section"])}
 
 
 def build_table(number: int, runs: list[dict]) -> tuple[list[str], list[tuple[str, list[str]]]]:
@@ -86,8 +87,8 @@ def build_table(number: int, runs: list[dict]) -> tuple[list[str], list[tuple[st
     spec, (metrics, flops) = SPECS[number], TABLE_METRICS[number]
     by_key = {(r["section"], r["pruner"], r["keep"], r["split"]): r for r in shown_in(runs, f"Table {number}")}
     rows: list[tuple[str, list[str]]] = []
-    for section, n_visual in _sections(runs).items():
-        paper = PAPER[number].get(section.split(" on ")[0])
+    for section, (papers, n_visual) in _sections(runs).items():
+        paper = papers[number]
         rows.append((section, []))
         groups = ([(upper_label(n_visual), [("none", 1.0)])] if spec["upper"] else []) + [
             (retain_label(n_visual, keep), [(m, keep) for m in spec["methods"]]) for keep in spec["keeps"]]
@@ -109,8 +110,8 @@ def _by_point(runs: list[dict], table: str) -> dict:
 def build_table4(runs: list[dict]) -> tuple[list[str], list[tuple[str, list[str]]]]:
     """The paper's Table 4 rows: ALTP at keep 0.1 per (N, C)."""
     by_point, rows = _by_point(runs, "Table 4"), []
-    for section, n_visual in _sections(runs).items():
-        paper = PAPER[4].get(section.split(" on ")[0])
+    for section, (papers, n_visual) in _sections(runs).items():
+        paper = papers[4]
         rows += [(section, []), (f"ALTP, {retain_label(n_visual, 0.1)}", [])]
         for n, c in TABLE4_ROWS:
             found = {s: by_point[(section, s, n, c)] for s in SPLITS if (section, s, n, c) in by_point}
@@ -125,7 +126,7 @@ def build_grid(runs: list[dict]) -> tuple[list[str], list[tuple[str, list[str]]]
     by_point, rows = _by_point(runs, "Table 4 N x C grid"), []
     points = {section: grid_points(runs, section) for section in _sections(runs)}
     all_c = sorted({c for section_points in points.values() for _, c in section_points})
-    for section, n_visual in _sections(runs).items():
+    for section, (_, n_visual) in _sections(runs).items():
         if not points[section]:
             continue
         rows.append((section, []))
