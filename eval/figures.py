@@ -4,8 +4,8 @@ For each (model, data) section and split: AP50, mIoU, recall, METEOR and CIDEr (
 tables) against the theoretical FLOPs ratio (% of the unpruned LLM prefill), one line per
 method across its keeps, the unpruned run as a star -> ``fig_<section>_<split>_flops.{png,pdf}``.
 Where the runs have timing, the same against the measured prefill time per image (ms, pruner
-included) -> ``..._prefill.{png,pdf}``. Only runs with default settings are drawn (the runs of
-Tables 1-3 at any keep); sweeps over other settings are in the tables.
+included) -> ``..._prefill.{png,pdf}``. Only runs with default pruner settings are drawn (the
+runs of Tables 1-3, at any keep); sweeps over pruner parameters are in the tables.
 
 When the model is GLaMM or OMG-LLaVA, the ALTP paper's numbers (eval.paper_numbers) are drawn
 beside ours on the FLOPs figure (dashed, hollow markers): at the paper's FLOPs where it prints
