@@ -1,5 +1,7 @@
 # Self-documenting Makefile: `make help` lists every target with its `##` comment.
 PY ?= python
+# where runs write (run.py output_root=...): tables, figures and the report go under it too
+OUT ?= outputs
 .DEFAULT_GOAL := help
 
 help: ## list the targets
@@ -21,12 +23,15 @@ lint: ## ruff
 synthetic: ## write synthetic GranD-f val/test into outputs/synthetic
 	$(PY) scripts/make_synthetic.py --out outputs/synthetic
 
-tables: ## render outputs/tables/table{1,2,3,4}.{md,tex,csv} from every metrics.json under outputs/runs
-	$(PY) -m eval.tables --runs outputs/runs --out outputs/tables
+tables: ## every metrics.json under $(OUT)/runs -> $(OUT)/tables: table{1,2,3,4}, other_runs (.md/.tex/.csv), fig_*.{png,pdf}
+	$(PY) -m eval.tables --runs $(OUT)/runs --out $(OUT)/tables
+
+report: ## $(OUT)/report.md: tables, figures, protocol notes, realism table, the settings of every run
+	$(PY) -m eval.report --runs $(OUT)/runs --tables $(OUT)/tables --out $(OUT)/report.md
 
 testbed-report: ## how the tiny model reacts to pruning beside GLaMM (sweep=realism, then outputs/tables/realism.md)
-	$(PY) run.py sweep=realism progress=false
-	$(PY) scripts/testbed_report.py
+	$(PY) run.py sweep=realism progress=false output_root=$(OUT)
+	$(PY) scripts/testbed_report.py --runs $(OUT)/runs --out $(OUT)/tables/realism.md
 
 bench: ## benchmarks (medians over repeats): evaluator speed, ALTP SLIC paths, pruner overhead + prefill vs FLOPs
 	$(PY) scripts/bench_eval.py
@@ -41,7 +46,7 @@ clean: ## remove caches (outputs/ is kept; use clean-outputs)
 	rm -rf .pytest_cache .ruff_cache build *.egg-info
 	find . -name __pycache__ -type d -prune -exec rm -rf {} +
 
-clean-outputs: ## delete everything runs wrote under outputs/
-	find outputs -mindepth 1 ! -name README.md -exec rm -rf {} +
+clean-outputs: ## delete everything runs wrote under outputs/ (outputs/readme/ holds the README's figures)
+	find outputs -mindepth 1 -maxdepth 1 ! -name README.md ! -name readme -exec rm -rf {} +
 
-.PHONY: help install test test-fast lint synthetic tables testbed-report bench bench-gpu clean clean-outputs
+.PHONY: help install test test-fast lint synthetic tables report testbed-report bench bench-gpu clean clean-outputs

@@ -322,7 +322,7 @@ class PruningEngine:
             previous = (layer, hidden, stage)
             cos_sin = self.decoder.rotary_emb(hidden, stage.positions)
             hidden = layer(hidden, attention_mask=stage.prefill_mask(), position_embeddings=cos_sin,
-                           past_key_values=cache, use_cache=True)
+                           cache=cache, use_cache=True)
             layer_stages.append(stage)
         return self.decoder.norm(hidden), layer_stages, kept, pruner_seconds
 
@@ -337,6 +337,6 @@ class PruningEngine:
                 per_stage[key] = (self.decoder.rotary_emb(hidden, positions), stage.decode_mask(step + 1))
             cos_sin, mask = per_stage[key]
             hidden = layer(hidden, attention_mask=mask, position_embeddings=cos_sin,
-                           past_key_values=cache, use_cache=True)
+                           cache=cache, use_cache=True)
         normed = self.decoder.norm(hidden[:, -1])
         return normed, self.model.lm_head(normed)

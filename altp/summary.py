@@ -14,6 +14,7 @@ from pathlib import Path
 import torch
 
 from eval.flops import flops_ratio
+from eval.similarity import PROTOCOL_MODEL
 
 SCORES = ("METEOR", "CIDEr", "AP50", "mIoU", "recall")
 
@@ -118,4 +119,10 @@ def print_summary(metrics: dict, run_dir: Path) -> None:
     flops = metrics["flops_ratio"]
     values = [f"{100 * metrics[k]:7.1f}" for k in SCORES] + [f"{100 * flops:6.1f}%" if flops else "    n/a"]
     print("  ".join(values))
+    print("scores x100 (metrics.json holds fractions); CIDEr is pycocoevalcap's score x100; "
+          "FLOPs: LLM prefill, % of unpruned")
+    model = metrics["similarity_model"]
+    protocol = "" if model.startswith(f"{PROTOCOL_MODEL}:") else \
+        f"; the protocol's is {PROTOCOL_MODEL} (similarity_model=PATH), so recall is not comparable to papers"
+    print(f"recall text similarity: {model}, {metrics['similarity']}{protocol}")
     print(f"results: {run_dir}")

@@ -65,9 +65,10 @@ class SweepReport(Callback):
 
 
 def log_tables(config: DictConfig, jobs: list[dict], name: str) -> None:
-    """``logger=wandb``: the paper tables (eval.tables) over this sweep's run directories."""
+    """``logger=wandb``: the paper tables, the N x C grid and the other runs (eval.tables) over
+    this sweep's run directories."""
     from altp.logger import make_logger
-    from eval.tables import build_table, load_runs
+    from eval.tables import build_grid, build_other, build_table, load_runs
 
     logger = make_logger(config)
     if not logger.enabled:
@@ -79,4 +80,5 @@ def log_tables(config: DictConfig, jobs: list[dict], name: str) -> None:
             seen.add(Path(run_dir).resolve())
             runs += load_runs(Path(run_dir))
     if runs:
-        logger.log_tables({f"table{n}": build_table(n, runs) for n in (1, 2, 3, 4)}, name)
+        tables = {f"table{n}": build_table(n, runs) for n in (1, 2, 3, 4)}
+        logger.log_tables(tables | {"table4_grid": build_grid(runs), "other_runs": build_other(runs)}, name)
