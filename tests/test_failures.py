@@ -5,7 +5,6 @@ A randomly initialised tiny_gcg stands in for the trained one (plumbing, not sco
 """
 
 import json
-import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -14,7 +13,6 @@ import pytest
 import torch
 from hydra import compose, initialize_config_dir
 from llama_fixtures import save_random_tiny_gcg
-from PIL import Image
 
 from altp import runner
 from altp.cli_checks import check_command_line, sweep_jobs
