@@ -36,7 +36,8 @@ def error_line(err: BaseException) -> str:
 
 
 def record_failure(errors_path: Path, image_id: str, err: BaseException) -> None:
-    """One image failed: append its id, the reason (one line) and a short traceback.
+    """One image failed: append its id, the reason (one line) and a short traceback (call it in
+    the ``except`` block that caught ``err``: the traceback is the one being handled).
 
     Append-only: ``errors.jsonl`` is the history of every attempt. What counts as failed now
     is an image with a record here and no prediction file (altp.summary), so a rerun that

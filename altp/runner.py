@@ -288,7 +288,9 @@ def run(cfg: DictConfig) -> dict:
             return "busy", []
         claim_directory(run_dir, run_identity(cfg), cfg.overwrite)
         todo = images_to_predict(run_dir, split)  # missing, failed, or not what this run wrote
-        return ("done" if todo == [] and (run_dir / "metrics.json").exists() else "todo"), todo
+        if todo:  # metrics.json no longer describes the predictions: a kill now must not leave it "done"
+            (run_dir / "metrics.json").unlink(missing_ok=True)
+        return ("done" if (run_dir / "metrics.json").exists() else "todo"), todo
 
     try:
         state, todo = distributed.rank0_first(info, start)

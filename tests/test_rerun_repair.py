@@ -55,7 +55,7 @@ def test_fixed_images_are_retried_and_the_metrics_equal_a_clean_run(weights, tmp
     assert predictions(run_dir) == predictions(Path(clean["run_dir"]))
 
 
-def test_untrusted_predictions_are_predicted_again_never_scored(weights, tmp_path, capsys):
+def test_untrusted_predictions_are_predicted_again_never_scored(weights, tmp_path, capsys, monkeypatch):
     cfg = compose_cfg(*args(weights, tmp_path / "data", tmp_path / "out", "data.limit=3"))
     reference = runner.run(cfg)
     run_dir = Path(reference["run_dir"])
@@ -70,12 +70,20 @@ def test_untrusted_predictions_are_predicted_again_never_scored(weights, tmp_pat
     garbage.write_text(json.dumps(body))
     capsys.readouterr()
 
-    again = runner.run(cfg)  # metrics.json exists: still checked against the manifest
+    def killed(*_):
+        raise KeyboardInterrupt
+
+    with monkeypatch.context() as patch:  # killed after the check, before anything is predicted again
+        patch.setattr(runner, "predict_and_score", killed)
+        with pytest.raises(KeyboardInterrupt):
+            runner.run(cfg)  # metrics.json exists: the files are still checked against the manifest
+    assert not (run_dir / "metrics.json").exists()  # it no longer describes the predictions
     err = capsys.readouterr().err
     warnings = [line for line in err.splitlines() if line.startswith("warning:")]
-    assert len(warnings) == 3 and "already done" not in err
+    assert len(warnings) == 3
     assert f"{truncated}: invalid JSON" in err and f"{edited}: differs from what this run wrote" in err
     assert f"{garbage}: mask 0 has RLE counts that pycocotools cannot decode" in err
+    again = runner.run(cfg)
     assert predictions(run_dir) == written
     assert {k: again[k] for k in SCORES} == {k: reference[k] for k in SCORES}
     assert sorted(p.name for p in pred_dir.glob("*.rejected")) == sorted(
