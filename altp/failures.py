@@ -13,9 +13,12 @@ Exit codes of ``python run.py`` (README, "Failures and exit codes"):
 from __future__ import annotations
 
 import json
+import pickle
 import shutil
 import traceback
 from pathlib import Path
+
+from safetensors import SafetensorError
 
 from altp.data.grandf import GranDfError
 from altp.errors import ConfigError
@@ -26,6 +29,8 @@ EXIT_CONFIG = 2
 EXIT_BUSY = 3
 # mistakes in what the user gave (config, ground truth, a prediction folder): one line, exit 2
 USER_ERRORS = (ConfigError, GranDfError, GCGPredictionError)
+# what loading a corrupt or mismatched checkpoint raises (torch.load, safetensors, load_state_dict)
+CHECKPOINT_ERRORS = (OSError, ValueError, RuntimeError, SafetensorError, pickle.UnpicklingError)
 # what a run directory holds before its first image is done: nothing worth keeping
 _UNUSED = {"run_config.json", ".lock", "predictions"}
 
@@ -33,6 +38,15 @@ _UNUSED = {"run_config.json", ".lock", "predictions"}
 def error_line(err: BaseException) -> str:
     kind = "config" if isinstance(err, ConfigError) else "data"
     return f"{kind} error: {str(err).splitlines()[0] if str(err) else type(err).__name__}"
+
+
+def checkpoint_problem(err: BaseException, loader) -> str:
+    """One line for a loader's exception, naming the files the loader was given."""
+    message = " ".join(str(err).split()) or "unreadable"
+    if isinstance(err, (OSError, ValueError, RuntimeError)) and not isinstance(err, pickle.UnpicklingError):
+        return message  # our loaders' own messages name the file and the fix
+    files = ", ".join(f"{key}={value}" for key, value in loader.items() if key != "_target_" and isinstance(value, str))
+    return f"{type(err).__name__}: {message} (loading {files or 'the checkpoint'}); a file there is corrupt, replace it"
 
 
 def record_failure(errors_path: Path, image_id: str, err: BaseException) -> None:

@@ -37,7 +37,13 @@ from altp.data import synthetic
 from altp.data.grandf import GCGSplit, encode_mask, load_checked_image, load_split
 from altp.engine import PruningEngine
 from altp.errors import ConfigError
-from altp.failures import check_clash, discard_unused, record_failure
+from altp.failures import (
+    CHECKPOINT_ERRORS,
+    check_clash,
+    checkpoint_problem,
+    discard_unused,
+    record_failure,
+)
 from altp.files import append_jsonl, lock_directory, write_json_atomic
 from altp.logger import make_logger, sample_figures
 from altp.manifest import images_to_predict, run_files, write_prediction
@@ -246,8 +252,8 @@ def load_model(cfg: DictConfig, device: torch.device):
         try:
             model = instantiate(cfg.model.loader)
         except InstantiationException as err:  # a broken checkpoint folder is a config error
-            if isinstance(err.__cause__, (OSError, ValueError)):
-                raise ConfigError(f"model ({cfg.model.name}): {err.__cause__}") from None
+            if isinstance(err.__cause__, CHECKPOINT_ERRORS):
+                raise ConfigError(f"model ({cfg.model.name}): {checkpoint_problem(err.__cause__, cfg.model.loader)}") from None
             raise
         _MODEL_CACHE[key] = model.to(device)
     return _MODEL_CACHE[key]

@@ -153,13 +153,14 @@ def test_limit_checks_only_the_images_it_uses(weights, grandf, tmp_path):
         runner.prepare_split(compose_cfg(*args(weights, root, tmp_path, *data)))
 
 
-def test_failed_start_leaves_no_run_directory(weights, tmp_path, monkeypatch):
-    def broken(*_):
-        raise ConfigError("model (tiny_gcg): broken checkpoint")
-
-    monkeypatch.setattr(runner, "load_model", broken)
-    with pytest.raises(ConfigError, match="broken checkpoint"):
-        runner.run(compose_cfg(*args(weights, tmp_path / "data", tmp_path / "out")))
+def test_corrupt_checkpoint_is_one_line_and_leaves_no_run_directory(weights, tmp_path):
+    broken = tmp_path / "broken"
+    broken.mkdir()
+    (broken / "config.json").write_text((weights / "config.json").read_text())
+    (broken / "model.safetensors").write_bytes(b"not safetensors")  # passes the preflight's file check
+    cfg = compose_cfg(*args(weights, tmp_path / "data", tmp_path / "out"), f"model.weights={broken}")
+    with pytest.raises(ConfigError, match=rf"model \(tiny_gcg\): SafetensorError: .*\(loading directory={broken}\)"):
+        runner.run(cfg)
     assert not list((tmp_path / "out" / "runs").glob("*"))
 
 
