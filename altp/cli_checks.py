@@ -27,7 +27,7 @@ CONFIG_DIR = Path(__file__).resolve().parents[1] / "configs"
 
 def task_overrides(argv: list[str]) -> list[str]:
     """The config overrides of the command line (Hydra's own ``hydra.*`` settings left out)."""
-    return [arg for arg in argv if not arg.startswith("-") and "=" in arg
+    return [arg for arg in argv if not arg.startswith("-") and ("=" in arg or arg.startswith("~"))
             and not arg.lstrip("+~").startswith("hydra")]
 
 

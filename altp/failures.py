@@ -43,10 +43,14 @@ def error_line(err: BaseException) -> str:
 def checkpoint_problem(err: BaseException, loader) -> str:
     """One line for a loader's exception, naming the files the loader was given."""
     message = " ".join(str(err).split()) or "unreadable"
-    if isinstance(err, (OSError, ValueError, RuntimeError)) and not isinstance(err, pickle.UnpicklingError):
-        return message  # our loaders' own messages name the file and the fix
+    if isinstance(err, (OSError, ValueError)):
+        return message  # the loaders' own one-liners (altp.models.errors) name the file and the fix
+    if len(message) > 300:  # load_state_dict lists every key
+        message = message[:300] + " ..."
+    kind = "" if isinstance(err, RuntimeError) else f"{type(err).__name__}: "
     files = ", ".join(f"{key}={value}" for key, value in loader.items() if key != "_target_" and isinstance(value, str))
-    return f"{type(err).__name__}: {message} (loading {files or 'the checkpoint'}); a file there is corrupt, replace it"
+    return (f"{kind}{message} (loading {files or 'the checkpoint'}); a file there is corrupt or not this "
+            "model's, replace it")
 
 
 def record_failure(errors_path: Path, image_id: str, err: BaseException) -> None:

@@ -5,9 +5,11 @@
 1. validate the config before anything heavy loads (``ConfigError``: one line, field + fix);
 2. derive the run directory from the config alone (every non-default setting that changes
    results is in its name), so a rerun resumes and two configs never collide; refuse to reuse a directory made with a different config unless ``overwrite=true``;
-3. predict every image that has no ``predictions/<id>.json`` yet, batch by batch, each file
-   written atomically; an image that fails goes to ``errors.jsonl`` and the run goes on
-   (``timing`` / ``errors`` records: one file per process, see altp.summary);
+3. predict every image that has no trusted ``predictions/<id>.json`` (altp.manifest: missing,
+   failed before, or not what this run wrote), batch by batch, each file checked as the scorer
+   will read it and written atomically; an image that fails goes to ``errors.jsonl``
+   (altp.failures) and the run goes on (``timing`` / ``errors`` / ``manifest`` records: one file
+   per process, see altp.summary);
 4. score the predictions (eval.gcg) and write ``metrics.json`` last (then ``logger=wandb`` logs).
 
 Under ``torchrun --nproc_per_node=N`` (altp.distributed) rank 0 claims the directory and lists
