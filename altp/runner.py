@@ -5,9 +5,11 @@
 1. validate the config before anything heavy loads (``ConfigError``: one line, field + fix);
 2. derive the run directory from the config alone (every non-default setting that changes
    results is in its name), so a rerun resumes and two configs never collide; refuse to reuse a directory made with a different config unless ``overwrite=true``;
-3. predict every image that has no ``predictions/<id>.json`` yet, batch by batch, each file
-   written atomically; an image that fails goes to ``errors.jsonl`` and the run goes on
-   (``timing`` / ``errors`` records: one file per process, see altp.summary);
+3. predict every image that has no trusted ``predictions/<id>.json`` (altp.manifest: missing,
+   failed before, or not what this run wrote), batch by batch, each file checked as the scorer
+   will read it and written atomically; an image that fails goes to ``errors.jsonl``
+   (altp.failures) and the run goes on (``timing`` / ``errors`` / ``manifest`` records: one file
+   per process, see altp.summary);
 4. score the predictions (eval.gcg) and write ``metrics.json`` last (then ``logger=wandb`` logs).
 
 Under ``torchrun --nproc_per_node=N`` (altp.distributed) rank 0 claims the directory and lists
@@ -21,11 +23,8 @@ from __future__ import annotations
 import fcntl
 import hashlib
 import json
-import os
 import resource
 import time
-import traceback
-from dataclasses import replace
 from pathlib import Path
 
 import torch
@@ -35,10 +34,21 @@ from omegaconf import DictConfig, OmegaConf
 from tqdm import tqdm
 
 from altp import distributed
+from altp.config_checks import check_settings
 from altp.data import synthetic
-from altp.data.grandf import GCGSplit, encode_mask, load_image, load_split
+from altp.data.grandf import GCGSplit, encode_mask, load_checked_image, load_split
 from altp.engine import PruningEngine
+from altp.errors import ConfigError
+from altp.failures import (
+    CHECKPOINT_ERRORS,
+    check_clash,
+    checkpoint_problem,
+    discard_unused,
+    record_failure,
+)
+from altp.files import append_jsonl, lock_directory, write_json_atomic
 from altp.logger import make_logger, sample_figures
+from altp.manifest import images_to_predict, run_files, write_prediction
 from altp.summary import print_summary, record_file, record_files, summarise
 from eval.gcg import evaluate
 
@@ -49,10 +59,6 @@ MODEL_DIR = CONFIG_DIR / "model"
 MODEL_FIELDS_UNNAMED = {"name", "loader", "preflight", "fingerprint", "required_dirs", "download_hint",
                         "batch_size", "max_new_tokens", "llm"}
 _MODEL_CACHE: dict[str, object] = {}  # the basic launcher runs a sweep in one process: load once
-
-
-class ConfigError(ValueError):
-    """A config problem found before anything heavy runs; the message is one line."""
 
 
 # --- config ------------------------------------------------------------------------------
@@ -105,8 +111,7 @@ def validate(cfg: DictConfig) -> None:
     if cfg.similarity_model is not None and not Path(cfg.similarity_model).is_dir():
         raise ConfigError(f"similarity_model={cfg.similarity_model}: folder not found; give a local "
                           "bert-base-uncased folder or null")
-    if cfg.batch_size < 1 or cfg.max_new_tokens < 1:
-        raise ConfigError("batch_size and max_new_tokens must be >= 1")
+    check_settings(cfg)  # batch_size / max_new_tokens types, the device, the GT files
     try:
         pruner = instantiate(cfg.pruner)  # cheap: checks the pruner's own parameters
     except Exception as err:  # noqa: BLE001 - any constructor complaint is a config error
@@ -200,39 +205,10 @@ def claim_directory(run_dir: Path, identity: dict, overwrite: bool) -> None:
                 raise ConfigError(f"{run_dir} holds results of a different config (changed: "
                                   f"{', '.join(changed)}); rerun with overwrite=true to discard them")
             for file in [*(run_dir / "predictions").glob("*.json"), *record_files(run_dir, "errors"),
-                         *record_files(run_dir, "timing"), run_dir / "metrics.json"]:
+                         *record_files(run_dir, "timing"), *run_files(run_dir), run_dir / "metrics.json"]:
                 file.unlink(missing_ok=True)
     (run_dir / "predictions").mkdir(parents=True, exist_ok=True)
     write_json_atomic(path, identity)
-
-
-# --- files -------------------------------------------------------------------------------
-def write_json_atomic(path: Path, obj) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(json.dumps(obj, indent=1) + "\n")
-    os.replace(tmp, path)
-
-
-def lock_directory(run_dir: Path):
-    """An exclusive lock on ``<run_dir>/.lock`` while this process works on the run, or None when
-    another process holds it (two jobs of a parallel sweep that resolve to one run directory)."""
-    run_dir.mkdir(parents=True, exist_ok=True)
-    handle = (run_dir / ".lock").open("a")
-    try:
-        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        handle.close()
-        return None
-    except OSError:  # a file system without flock: go on unlocked
-        pass
-    return handle
-
-
-def append_jsonl(path: Path, record: dict) -> None:
-    with path.open("a") as handle:
-        handle.write(json.dumps(record) + "\n")
-        handle.flush()
-        os.fsync(handle.fileno())
 
 
 # --- data and model ----------------------------------------------------------------------
@@ -240,8 +216,7 @@ def prepare_split(cfg: DictConfig) -> GCGSplit:
     data = cfg.data
     if data.get("generate") is not None:
         ensure_synthetic(Path(data.root), OmegaConf.to_container(data.generate))
-    split = load_split(data.ann_dir, data.split, data.image_dir)
-    return replace(split, images=split.images[:data.limit]) if data.get("limit") else split
+    return load_split(data.ann_dir, data.split, data.image_dir, limit=data.get("limit"))
 
 
 def ensure_synthetic(root: Path, generate: dict) -> None:
@@ -279,8 +254,8 @@ def load_model(cfg: DictConfig, device: torch.device):
         try:
             model = instantiate(cfg.model.loader)
         except InstantiationException as err:  # a broken checkpoint folder is a config error
-            if isinstance(err.__cause__, (OSError, ValueError)):
-                raise ConfigError(f"model ({cfg.model.name}): {err.__cause__}") from None
+            if isinstance(err.__cause__, CHECKPOINT_ERRORS):
+                raise ConfigError(f"model ({cfg.model.name}): {checkpoint_problem(err.__cause__, cfg.model.loader)}") from None
             raise
         _MODEL_CACHE[key] = model.to(device)
     return _MODEL_CACHE[key]
@@ -293,14 +268,14 @@ def pick_device(name: str) -> torch.device:
 
 # --- the run -----------------------------------------------------------------------------
 def predict_batch(model, engine, split: GCGSplit, ids: list[str], cfg, pred_dir: Path) -> dict:
-    images = [load_image(split.image_path(i)) for i in ids]
+    images = [load_checked_image(split, i) for i in ids]
     start = time.perf_counter()
     predictions, out = model.predict(images, engine, cfg.max_new_tokens)
     elapsed = time.perf_counter() - start
     for image_id, prediction in zip(ids, predictions):
         record = {"image_id": image_id, "caption": prediction.caption, "phrases": prediction.phrases,
                   "pred_masks": [encode_mask(m) for m in prediction.masks]}
-        write_json_atomic(pred_dir / f"{image_id}.json", record)
+        write_prediction(pred_dir, record, split.by_id(image_id))
     return {"images": ids, "end_to_end": elapsed, **out.timing,
             "tokens_per_layer": out.tokens_per_layer, "visual_per_layer": out.visual_per_layer}
 
@@ -313,15 +288,17 @@ def run(cfg: DictConfig) -> dict:
     held = {}
 
     def start():  # rank 0 only, before any rank touches the run directory
+        split = prepare_split(cfg)  # first: bad ground truth leaves no directory; synthetic: written on first use
+        held["fresh"] = not run_dir.exists()
         held["lock"] = lock_directory(run_dir)
         if held["lock"] is None:
+            check_clash(run_dir, run_identity(cfg))
             return "busy", []
         claim_directory(run_dir, run_identity(cfg), cfg.overwrite)
-        if (run_dir / "metrics.json").exists():
-            return "done", []
-        split = prepare_split(cfg)  # writes the synthetic dataset on first use
-        pred_dir = run_dir / "predictions"
-        return "todo", [img.image_id for img in split if not (pred_dir / f"{img.image_id}.json").exists()]
+        todo = images_to_predict(run_dir, split)  # missing, failed, or not what this run wrote
+        if todo:  # metrics.json no longer describes the predictions: a kill now must not leave it "done"
+            (run_dir / "metrics.json").unlink(missing_ok=True)
+        return ("done" if (run_dir / "metrics.json").exists() else "todo"), todo
 
     try:
         state, todo = distributed.rank0_first(info, start)
@@ -335,6 +312,10 @@ def run(cfg: DictConfig) -> dict:
                 make_logger(cfg).log_run(cfg, metrics)
             return metrics
         return predict_and_score(cfg, info, device, run_dir, todo)
+    except BaseException:
+        if held.get("fresh") and held.get("lock") is not None:
+            discard_unused(run_dir)  # a failed start leaves no folder holding only run_config.json
+        raise
     finally:
         if held.get("lock") is not None:
             held["lock"].close()
@@ -388,9 +369,7 @@ def predict_images(model, engine, split: GCGSplit, ids: list[str], cfg, run_dir:
                 try:
                     append_jsonl(timing, predict_batch(model, engine, split, [image_id], cfg, pred_dir))
                 except Exception as err:  # noqa: BLE001 - recorded, the run goes on
-                    append_jsonl(errors, {"image_id": image_id, "error": str(err).splitlines()[0]
-                                          if str(err) else type(err).__name__,
-                                          "traceback": traceback.format_exc(limit=3)})
+                    record_failure(errors, image_id, err)
         bar.update(len(batch))
     bar.close()
 

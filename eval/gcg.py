@@ -10,9 +10,10 @@ of the caption GT. Values are fractions (0..1), unrounded. Differences from the 
 
 * a missing prediction file is scored as an empty prediction (caption "", no phrases, no
   masks) and counted in ``n_missing``; GLaMM stops with FileNotFoundError;
-* an unreadable prediction file, a missing key, or a mask whose size is not the GT image size
-  raises :class:`GCGPredictionError` naming the file (GLaMM crashes; for the size, with a numpy
-  broadcast error); delete such a file to have it scored as missing;
+* an unreadable prediction file, a missing key, a mask whose size is not the GT image size or
+  whose RLE counts do not decode raises :class:`GCGPredictionError` naming the file (GLaMM
+  crashes on the size with a numpy broadcast error, and scores undecodable counts as some other
+  mask); delete such a file to have it scored as missing;
 * recall's text model is bert-base-uncased only when ``similarity_model`` points to a local
   copy; otherwise the packaged all-MiniLM-L6-v2 (``eval.similarity``). ``similarity_model``
   records the model and ``protocol_notes`` flags every such difference in this run;
@@ -35,6 +36,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+from pycocotools import mask as mask_utils
 
 from altp.data.grandf import GCGSplit, GranDfError, GTImage, load_split
 from eval.captioning import CaptionScorerError, caption_scores
@@ -64,13 +66,25 @@ def load_prediction(path: Path, image: GTImage) -> Prediction | None:
     if not path.is_file():
         return None
     try:
-        content = json.loads(path.read_text(encoding="utf-8"))
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as error:
+        raise GCGPredictionError(f"{path}: cannot read the file ({error})") from None
+    return parse_prediction(text, path, image)
+
+
+def parse_prediction(text: str, path: Path, image: GTImage) -> Prediction:
+    """Parse and check one prediction's JSON text: every mask must decode at the GT image size.
+
+    Decoding is what pycocotools does when it scores, and it is the only check that catches
+    garbage ``counts``: ``mask.area`` / ``mask.iou`` read such a string as some other mask
+    without a word, so a bad file would move AP50 silently.
+    """
+    try:
+        content = json.loads(text)
     except json.JSONDecodeError as error:
         raise GCGPredictionError(
             f"{path}: invalid JSON at line {error.lineno} column {error.colno} ({error.msg}); "
             f"rerun inference for image {image.image_id} or delete the file") from None
-    except (OSError, UnicodeDecodeError) as error:
-        raise GCGPredictionError(f"{path}: cannot read the file ({error})") from None
     if not isinstance(content, dict) or not content:
         raise GCGPredictionError(f"{path}: expected a JSON object with caption, phrases, pred_masks")
     # GLaMM tries pred[first key] and falls back to the flat object when that has no caption/phrases.
@@ -84,14 +98,24 @@ def load_prediction(path: Path, image: GTImage) -> Prediction | None:
     if not all(isinstance(phrase, str) for phrase in body["phrases"]):
         raise GCGPredictionError(f"{path}: 'phrases' must be a list of strings")
     for k, rle in enumerate(body["pred_masks"]):
-        if not (isinstance(rle, dict) and isinstance(rle.get("counts"), str) and "size" in rle):
-            raise GCGPredictionError(
-                f"{path}: mask {k} is not compressed RLE {{'size': [H, W], 'counts': str}}")
-        if list(rle["size"]) != [image.height, image.width]:
-            raise GCGPredictionError(
-                f"{path}: mask {k} has size {rle['size']} but GT image {image.image_id} is "
-                f"{image.height}x{image.width} (HxW); write masks at the original image size")
+        _check_mask(path, k, rle, image)
     return Prediction(body["caption"], body["phrases"], body["pred_masks"])
+
+
+def _check_mask(path: Path, k: int, rle, image: GTImage) -> None:
+    if not (isinstance(rle, dict) and isinstance(rle.get("counts"), str) and "size" in rle):
+        raise GCGPredictionError(
+            f"{path}: mask {k} is not compressed RLE {{'size': [H, W], 'counts': str}}")
+    if list(rle["size"]) != [image.height, image.width]:
+        raise GCGPredictionError(
+            f"{path}: mask {k} has size {rle['size']} but GT image {image.image_id} is "
+            f"{image.height}x{image.width} (HxW); write masks at the original image size")
+    try:
+        mask_utils.decode({"size": [image.height, image.width], "counts": rle["counts"].encode()})
+    except ValueError:
+        raise GCGPredictionError(
+            f"{path}: mask {k} has RLE counts that pycocotools cannot decode; rerun inference for "
+            f"image {image.image_id} or delete the file") from None
 
 
 def evaluate(pred_dir: str | Path, gt: GCGSplit | tuple[str | Path, str],

@@ -145,3 +145,15 @@ def test_cli_bad_gt_dir_is_one_line_and_exit_2(tmp_path):
     assert done.returncode == 2 and done.stdout == ""
     assert len(done.stderr.strip().splitlines()) == 1 and "Traceback" not in done.stderr
     assert "annotations/val_test" in done.stderr
+
+
+def test_cli_rejects_garbage_rle_counts_naming_the_file(tmp_path, gt_dir):
+    # pycocotools' iou/area read such counts as some other mask: scoring them would move AP50 silently
+    garbage = {**as_prediction(IMAGES[1]), "pred_masks": [{"size": [40, 40], "counts": "!!garbage~~"}]}
+    pred_dir = write_predictions(tmp_path / "predictions", {"img_a": as_prediction(IMAGES[0]), "img_b": garbage})
+    with pytest.raises(GCGPredictionError, match=r"img_b\.json: mask 0 has RLE counts that pycocotools cannot decode"):
+        evaluate(pred_dir, (gt_dir, "val"), text_similarity=ExactMatch())
+    done = cli("--pred-dir", str(pred_dir), "--gt-dir", str(gt_dir), "--split", "val")
+    assert done.returncode == 2 and done.stdout == "" and "Traceback" not in done.stderr
+    line, = done.stderr.strip().splitlines()
+    assert "img_b.json: mask 0 has RLE counts that pycocotools cannot decode" in line

@@ -9,7 +9,14 @@ import numpy as np
 import pytest
 from pycocotools import mask as mask_utils
 
-from altp.data.grandf import GranDfError, GTImage, load_image, load_split, write_gt
+from altp.data.grandf import (
+    GranDfError,
+    GTImage,
+    load_checked_image,
+    load_image,
+    load_split,
+    write_gt,
+)
 
 
 def box(height: int, width: int, rows: tuple[int, int], cols: tuple[int, int]) -> dict:
@@ -132,6 +139,20 @@ def test_missing_image_file_names_the_id(ann_dir, tmp_path):
     image_dir.mkdir()
     (image_dir / "sa_1.jpg").write_bytes(b"")
     assert "psg_2" in error_of(ann_dir, "val", image_dir)
+    assert len(load_split(ann_dir, "val", image_dir, limit=1)) == 1  # only the images a run uses
+
+
+def test_checked_image_refuses_another_size_than_the_gt(ann_dir, tmp_path):
+    from PIL import Image
+
+    image_dir = tmp_path / "images"
+    image_dir.mkdir()
+    Image.new("RGB", (30, 20)).save(image_dir / "sa_1.png")
+    Image.new("RGB", (10, 8)).save(image_dir / "psg_2.png")
+    split = load_split(ann_dir, "val", image_dir)
+    assert load_checked_image(split, "sa_1").size == (30, 20)
+    with pytest.raises(GranDfError, match=r"psg_2\.png: image psg_2 is 8x10 \(HxW\) but its ground truth is 16x16"):
+        load_checked_image(split, "psg_2")
 
 
 def test_load_image_reads_rgb_and_names_a_corrupt_file(tmp_path):

@@ -83,8 +83,13 @@ class GCGSplit:
         return _find_image_file(self.image_dir, self.by_id(image_id))
 
 
-def load_split(ann_dir: str | Path, split: str, image_dir: str | Path | None = None) -> GCGSplit:
-    """Read and check ``{split}_gcg_coco_{caption,mask}_gt.json`` under ``ann_dir``."""
+def load_split(ann_dir: str | Path, split: str, image_dir: str | Path | None = None,
+               limit: int | None = None) -> GCGSplit:
+    """Read and check ``{split}_gcg_coco_{caption,mask}_gt.json`` under ``ann_dir``.
+
+    ``limit``: keep only the first N images (caption-GT order). Only their image files must
+    exist: a smoke run on 8 images must not fail on image 2,000 of the split.
+    """
     ann_dir = Path(ann_dir)
     caption_path = ann_dir / f"{split}_gcg_coco_caption_gt.json"
     mask_path = ann_dir / f"{split}_gcg_coco_mask_gt.json"
@@ -97,6 +102,7 @@ def load_split(ann_dir: str | Path, split: str, image_dir: str | Path | None = N
     images = _join(caption_path, caption_gt, mask_path, mask_gt)
     if not images:
         raise GranDfError(f"{caption_path}: the 'images' list is empty; {_LAYOUT_HINT}")
+    images = images[:limit] if limit else images
     image_dir = Path(image_dir) if image_dir is not None else None
     if image_dir is not None:
         for image in images:
@@ -114,6 +120,23 @@ def load_image(path: str | Path) -> Image.Image:
         raise GranDfError(
             f"{path}: cannot read the image ({message}); re-extract it from the GranD-f image zip"
         ) from None
+
+
+def load_checked_image(split: GCGSplit, image_id: str) -> Image.Image:
+    """The image of ``image_id``, refused when its size is not the ground truth's.
+
+    Predicted masks are written at the size of the image the model saw, and scoring needs the
+    GT size: a resized or swapped file would give masks that cannot be scored. Raised here,
+    before inference, the runner records it as that image's failure and the run goes on.
+    """
+    path = split.image_path(image_id)
+    image = load_image(path)
+    gt = split.by_id(image_id)
+    if image.size != (gt.width, gt.height):
+        raise GranDfError(
+            f"{path}: image {image_id} is {image.height}x{image.width} (HxW) but its ground truth "
+            f"is {gt.height}x{gt.width}; put the original image file back")
+    return image
 
 
 def encode_mask(mask: np.ndarray) -> dict:
