@@ -57,17 +57,19 @@ def time_to_first_token(llm, make_inputs, view, grid, pruners: dict, repeats: in
     ``without_prepare`` has it done ahead, as the data pipeline does (``prefetch=true``), beside
     ``prepare_ms``, the work alone (on ``view``, the image as the encoder sees it).
     """
-    rows = {}
-    for name, pruner in pruners.items():
-        engine = PruningEngine(llm, pruner)
-        row = {"ms": median_ms(lambda: engine.generate(make_inputs(None), 1), repeats, clock)}
-        if pruner.prepares_images:
-            state = [pruner.prepare(view, grid)]
-            row = {"with_prepare_ms": row["ms"],
-                   "without_prepare_ms": median_ms(lambda: engine.generate(make_inputs(state), 1), repeats, clock),
-                   "prepare_ms": median_ms(lambda: pruner.prepare(view, grid), repeats, clock)}
-        rows[name] = row
-    return rows
+    return {name: _ttft_row(PruningEngine(llm, pruner), make_inputs, view, grid, repeats, clock)
+            for name, pruner in pruners.items()}
+
+
+def _ttft_row(engine: PruningEngine, make_inputs, view, grid, repeats: int, clock: Clock) -> dict:
+    pruner = engine.pruner
+    inline = median_ms(lambda: engine.generate(make_inputs(None), 1), repeats, clock)
+    if not pruner.prepares_images:
+        return {"ms": inline}
+    state = [pruner.prepare(view, grid)]
+    return {"with_prepare_ms": inline,
+            "without_prepare_ms": median_ms(lambda: engine.generate(make_inputs(state), 1), repeats, clock),
+            "prepare_ms": median_ms(lambda: pruner.prepare(view, grid), repeats, clock)}
 
 
 def print_ttft(rows: dict, keep: float) -> None:
