@@ -31,6 +31,7 @@ from collections import deque
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from itertools import islice
 from pathlib import Path
 
 from altp.data.grandf import encode_mask, load_image
@@ -105,7 +106,6 @@ class Loader:
     def __init__(self, split, ids: list[str], model, pruner, prefetch: bool, workers: int = 1,
                  depth: int = 4):
         self.split, self.ids, self.model, self.pruner = split, ids, model, pruner
-        self.prefetch = prefetch
         # without an encoder view the model cannot say what its encoder sees: select does it
         self.prepare = prefetch and pruner.prepares_images and hasattr(model, "encoder_view")
         self.workers, self.depth = max(1, workers), max(1, depth)
@@ -120,14 +120,7 @@ class Loader:
 
     def batches(self, size: int) -> Iterator[list[Item]]:
         items = self._items()
-        while True:
-            batch = []
-            for item in items:
-                batch.append(item)
-                if len(batch) == size:
-                    break
-            if not batch:
-                return
+        while batch := list(islice(items, size)):
             yield batch
 
     def _items(self) -> Iterator[Item]:

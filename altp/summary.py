@@ -113,8 +113,10 @@ def timing_summary(per_file: list[list[dict]], ranks: list[dict]) -> dict:
                 "the pruner's critical-path part (inside prefill); engine_ms_per_image = prefill + "
                 "decode without it; load / prepare / write = decoding + the encoder view, the pruner's "
                 "image-only prepare(), mask encoding + prediction files; off_critical_path_ms_per_image "
-                "= their sum when prefetch ran them in threads (0 inline); single_request_ms_per_image "
-                "= load + prepare + end to end + write, all counted serially (what one request costs)",
+                "= their sum when prefetch ran them in threads (0 inline); loader_wait_ms_per_image = how "
+                "long the model waited for loaded images (with prefetch: the part the loader did not hide); "
+                "single_request_ms_per_image = load + prepare + end to end + write, all counted serially "
+                "(what one request costs)",
     }
 
 
@@ -139,6 +141,7 @@ def latency_views(per_image: list[tuple[dict, int]]) -> dict:
         "load_ms_per_image": ms([part(b, "load") / n for b, n in per_image]),
         "prepare_ms_per_image": ms([part(b, "prepare") / n for b, n in per_image]),
         "write_ms_per_image": ms([part(b, "write") / n for b, n in per_image]),
+        "loader_wait_ms_per_image": ms([part(b, "wait") / n for b, n in per_image]),
         "off_critical_path_ms_per_image": ms([v if b.get("prefetch") else 0.0
                                               for v, (b, _) in zip(image_only, per_image)]),
         "single_request_ms_per_image": ms([v + b["end_to_end"] / n for v, (b, n) in zip(image_only, per_image)]),

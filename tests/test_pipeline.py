@@ -138,10 +138,11 @@ def test_latency_views_by_hand():
     def record(prefetch, **parts):
         return {"prefill": 0.05, "decode": 0.03, "pruner": 0.01, "end_to_end": 0.1, "prefetch": prefetch, **parts}
 
-    views = latency_views([(record(True, load=0.004, prepare=0.03, write=0.002), 2)] * 3)
+    views = latency_views([(record(True, load=0.004, prepare=0.03, write=0.002, wait=0.001), 2)] * 3)
     assert views["prefetch"] is True and views["engine_ms_per_image"] == 35.0
     assert views["prepare_ms_per_image"] == 15.0 and views["off_critical_path_ms_per_image"] == 18.0
     assert views["single_request_ms_per_image"] == 68.0  # (0.036 + 0.1) / 2
+    assert views["loader_wait_ms_per_image"] == 0.5
     old = latency_views([(record(False), 1), ({"prefill": 0.05, "decode": 0.03, "pruner": 0.0, "end_to_end": 0.1}, 1)])
     assert old["prefetch"] is False and old["off_critical_path_ms_per_image"] == 0.0
     assert latency_views([(record(True), 1), (record(False), 1)])["prefetch"] == "mixed"
