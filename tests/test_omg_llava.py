@@ -355,8 +355,8 @@ def test_retry_questions_ask_again_when_no_seg(model, monkeypatch):
     engine = FirstAnswerWithoutSeg(model)
     asked = []
     real = model.engine_inputs
-    monkeypatch.setattr(model, "engine_inputs", lambda images, question=0: asked.append(question) or
-                        real(images, question))
+    monkeypatch.setattr(model, "engine_inputs", lambda images, question=0, prepared=None: asked.append(question) or
+                        real(images, question, prepared))
     (prediction,), _ = model.predict([scene(0)], engine, 12)
     assert asked == [0, 1] and model.retries == 1 and engine.calls == 2
     assert prediction.phrases == ["red circle"] and len(prediction.masks) == 1
