@@ -38,7 +38,7 @@ bench: ## benchmarks (medians over repeats): evaluator speed, ALTP SLIC paths, p
 	$(PY) scripts/bench_altp.py
 	$(PY) scripts/bench_pruning.py
 
-bench-gpu: ## full-size GLaMM and OMG-LLaVA speed with random weights (needs a CUDA GPU)
+bench-gpu: ## full-size GLaMM and OMG-LLaVA speed with random weights (needs a CUDA GPU): prefill vs FLOPs, time to first token (ALTP with and without its SLIC, beside FastV)
 	$(PY) scripts/bench_glamm.py
 	$(PY) scripts/bench_omg_llava.py
 

@@ -29,9 +29,17 @@ e.g. cross-attention or self-attention magnitude"):
   cheaper, but its kept sets overlap the literal ones by a mean Jaccard of only ~0.8 (about as
   far as a global top-k is from literal ALTP), below the 0.9 we ask before trusting it without
   GCG metrics (scripts/bench_altp.py).
+
+Everything that depends on the image alone (SLIC, the token -> region map, DDF's Eq. 3
+densities) is ``prepare`` (altp.pruning): with ``prefetch=true`` the data pipeline runs it
+ahead of the model, so what remains inside prefill is Eq. 4, the allocation and the per-region
+top-k (Algorithm 1 lines 7-19), as cheap as FastV's top-k. Without a prepared state ``select``
+runs ``prepare`` itself, inline, with the same result.
 """
 
 from __future__ import annotations
+
+from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -50,6 +58,16 @@ def centroid_scores(region: np.ndarray, cells: np.ndarray, grid: tuple[int, int]
     centre_r = np.bincount(region, weights=rows) / counts
     centre_c = np.bincount(region, weights=cols) / counts
     return -((rows - centre_r[region]) ** 2 + (cols - centre_c[region]) ** 2)
+
+
+@dataclass(frozen=True)
+class Regions:
+    """One image's DDC result, as ``select`` needs it (the state ``prepare`` returns)."""
+
+    grid: tuple[int, int]
+    token_region: np.ndarray  # [grid_h * grid_w] region of each grid cell (row-major)
+    n_regions: int
+    density: np.ndarray | None  # [n_regions] Eq. 3 densities (ALTP); None for DDC-only
 
 
 class DDCOnly(Pruner):
@@ -77,19 +95,40 @@ class DDCOnly(Pruner):
         """DDC (Eq. 2) for one image."""
         return capture(image, grid, self.n_segments, self.compactness, self.sigma, self.slic_mode)
 
-    def allocate(self, regions: Capture, capacity: np.ndarray, budget: int) -> np.ndarray:
+    def density(self, regions: Capture) -> np.ndarray | None:
+        """Per-region density for ``allocate``; the uniform ratio needs none."""
+        return None
+
+    def prepare(self, image: np.ndarray, grid: tuple[int, int]) -> Regions:
+        """The image-only part (Algorithm 1 lines 2-6, and Eq. 3 for ALTP), for the pipeline."""
+        regions = self.regions(image, grid)
+        return Regions(grid, regions.token_region, regions.n_regions, self.density(regions))
+
+    def allocate(self, regions: Regions, capacity: np.ndarray, budget: int) -> np.ndarray:
         """Tokens per region: ceil(r * |Omega_k|), r = budget / n (Sec. 3.2)."""
         return uniform_allocation(capacity, budget)
 
+    def _sample_regions(self, ctx: PruneContext, b: int) -> Regions:
+        """The pipeline's state for sample b when it ran ``prepare``, else ``prepare`` now."""
+        state = ctx.prepared[b] if ctx.prepared is not None else None
+        if state is None:
+            if ctx.images is None or len(ctx.images) != ctx.batch_size:
+                raise ValueError(f"{self.name} needs one image per sample (EngineInputs.images)")
+            return self.prepare(ctx.images[b], ctx.grid)
+        if not isinstance(state, Regions) or state.grid != ctx.grid:
+            raise ValueError(f"{self.name}: prepared state for sample {b} is not this pruner's "
+                             f"regions on the {ctx.grid} grid")
+        return state
+
     def select(self, ctx: PruneContext) -> torch.Tensor:
-        if ctx.images is None or len(ctx.images) != ctx.batch_size:
-            raise ValueError(f"{self.name} needs one image per sample (EngineInputs.images)")
+        if ctx.prepared is not None and len(ctx.prepared) != ctx.batch_size:
+            raise ValueError(f"{self.name}: {len(ctx.prepared)} prepared states for {ctx.batch_size} samples")
         cells = ctx.grid_index.cpu().numpy()
         scores = None if self.importance == "none" else \
             ctx.importance(self.importance).float().cpu().numpy()
         kept = []
-        for b, image in enumerate(ctx.images):
-            regions = self.regions(image, ctx.grid)
+        for b in range(ctx.batch_size):
+            regions = self._sample_regions(ctx, b)
             region = regions.token_region[cells[b]]
             capacity = np.bincount(region, minlength=regions.n_regions)
             allocation = self.allocate(regions, capacity, ctx.budget)
@@ -120,10 +159,13 @@ class ALTP(DDCOnly):
             raise ValueError(f"alpha must be > 0, got {alpha}")
         self.alpha = alpha
 
-    def allocate(self, regions: Capture, capacity: np.ndarray, budget: int) -> np.ndarray:
-        """Tokens per region: by density (DDF, Eq. 3-4)."""
-        density = region_density(regions.labels, regions.mean, regions.mean_sq)
-        return density_allocation(density, capacity, budget, self.alpha)
+    def density(self, regions: Capture) -> np.ndarray:
+        """DDF's Eq. 3 densities d_k: image-only, so computed in ``prepare``."""
+        return region_density(regions.labels, regions.mean, regions.mean_sq)
+
+    def allocate(self, regions: Regions, capacity: np.ndarray, budget: int) -> np.ndarray:
+        """Tokens per region: by density (DDF, Eq. 4)."""
+        return density_allocation(regions.density, capacity, budget, self.alpha)
 
     def describe(self) -> dict:
         return super().describe() | {"alpha": self.alpha}

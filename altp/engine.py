@@ -41,6 +41,7 @@ class EngineInputs:
     n_visual: int  # visual tokens per sample (the same for every sample)
     grid: tuple[int, int]  # token grid (rows, cols), rows * cols == n_visual
     images: list[np.ndarray] | None = None  # per sample HxWx3 float [0, 1], as the encoder saw it
+    prepared: list | None = None  # per sample the pruner's prepare() state (altp.pipeline), or None
 
     def __post_init__(self):
         if self.grid[0] * self.grid[1] != self.n_visual:
@@ -219,9 +220,9 @@ class PruningEngine:
 
         return PruneContext(layer=layer_idx, stage=stage_number, budget=budget, hidden=hidden,
                             visual_cols=visual_cols, grid_index=grid_index, grid=inputs.grid,
-                            images=inputs.images, seed=self.pruner.seed, positions=stage.positions,
-                            final_norm=self.decoder.norm, _importance=importance, _keys=keys,
-                            _prev_keys=prev_keys)
+                            images=inputs.images, prepared=inputs.prepared, seed=self.pruner.seed,
+                            positions=stage.positions, final_norm=self.decoder.norm, _importance=importance,
+                            _keys=keys, _prev_keys=prev_keys)
 
     def _apply(self, hidden, stage: _Stage, visual_cols, selected) -> tuple[torch.Tensor, _Stage]:
         """Keep every non-visual column plus the selected visual ones, in sequence order."""

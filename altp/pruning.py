@@ -13,6 +13,12 @@ A pruner is a small object the engine consults during prefill. It declares
 and implements ``select(ctx) -> LongTensor[B, budget]``: for every sample, which of the
 *current* visual tokens to keep. The engine does the rest uniformly (gather, positions, masks,
 KV cache), so a pruner file is only its selection rule.
+
+Work that depends on the image alone (ALTP's SLIC superpixels) may go into
+``prepare(image, grid) -> state``: the data pipeline (altp.pipeline) runs it ahead of the
+model, off the critical path, and the state reaches ``select`` as ``ctx.prepared[b]``
+(through ``EngineInputs.prepared``). ``select`` must give the same tokens when ``prepared`` is
+None (then it does that work itself, inline), so prefetching never changes a prediction.
 """
 
 from __future__ import annotations
@@ -57,6 +63,7 @@ class PruneContext:
     grid_index: torch.Tensor  # [B, n] long, in [0, grid_h * grid_w)
     grid: tuple[int, int]
     images: list[np.ndarray] | None = None  # per sample HxWx3 float in [0, 1], as the encoder saw it
+    prepared: list | None = None  # per sample the pruner's own prepare() state, or None
     seed: int = 0
     positions: torch.Tensor | None = None  # [B, T] position ids of the columns of `hidden`
     final_norm: Callable[[torch.Tensor], torch.Tensor] | None = None  # the LLM's last norm (model.norm)
@@ -133,6 +140,17 @@ class Pruner:
 
     def select(self, ctx: PruneContext) -> torch.Tensor:
         raise NotImplementedError(f"{type(self).__name__} must implement select()")
+
+    def prepare(self, image: np.ndarray, grid: tuple[int, int]):
+        """Image-only work for one sample (HxWx3 float in [0, 1] as the encoder saw it, its token
+        grid), run ahead of the model; the result arrives as ``ctx.prepared[b]``. None: no such work."""
+        return None
+
+    @property
+    def prepares_images(self) -> bool:
+        """Whether ``prepare`` does anything (a subclass overrides it): the pipeline skips the
+        model's encoder view of the image otherwise."""
+        return type(self).prepare is not Pruner.prepare
 
     def describe(self) -> dict:
         """What goes into metrics.json: the settings that change which tokens are kept."""

@@ -33,10 +33,10 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 from tqdm import tqdm
 
-from altp import distributed
+from altp import distributed, pipeline
 from altp.config_checks import check_settings
 from altp.data import synthetic
-from altp.data.grandf import GCGSplit, encode_mask, load_checked_image, load_split
+from altp.data.grandf import GCGSplit, load_split
 from altp.engine import PruningEngine
 from altp.errors import ConfigError
 from altp.failures import (
@@ -44,7 +44,6 @@ from altp.failures import (
     check_clash,
     checkpoint_problem,
     discard_unused,
-    record_failure,
 )
 from altp.files import append_jsonl, lock_directory, write_json_atomic
 from altp.logger import make_logger, sample_figures
@@ -112,6 +111,9 @@ def validate(cfg: DictConfig) -> None:
         raise ConfigError(f"similarity_model={cfg.similarity_model}: folder not found; give a local "
                           "bert-base-uncased folder or null")
     check_settings(cfg)  # batch_size / max_new_tokens types, the device, the GT files
+    problem = pipeline.check_settings(cfg.get("prefetch"), cfg.get("prefetch_workers"), cfg.get("torch_threads"))
+    if problem:
+        raise ConfigError(problem)
     try:
         pruner = instantiate(cfg.pruner)  # cheap: checks the pruner's own parameters
     except Exception as err:  # noqa: BLE001 - any constructor complaint is a config error
@@ -267,17 +269,18 @@ def pick_device(name: str) -> torch.device:
 
 
 # --- the run -----------------------------------------------------------------------------
-def predict_batch(model, engine, split: GCGSplit, ids: list[str], cfg, pred_dir: Path) -> dict:
-    images = [load_checked_image(split, i) for i in ids]
+def predict_batch(model, engine, items: list[pipeline.Item], cfg, writer: pipeline.Writer) -> None:
+    """One model call on loaded items; the writer encodes and writes the predictions."""
+    ids = [item.image_id for item in items]
     start = time.perf_counter()
-    predictions, out = model.predict(images, engine, cfg.max_new_tokens)
+    predictions, out = model.predict([item.image for item in items], engine, cfg.max_new_tokens,
+                                     prepared=[item.prepared for item in items])
     elapsed = time.perf_counter() - start
-    for image_id, prediction in zip(ids, predictions):
-        record = {"image_id": image_id, "caption": prediction.caption, "phrases": prediction.phrases,
-                  "pred_masks": [encode_mask(m) for m in prediction.masks]}
-        write_prediction(pred_dir, record, split.by_id(image_id))
-    return {"images": ids, "end_to_end": elapsed, **out.timing,
-            "tokens_per_layer": out.tokens_per_layer, "visual_per_layer": out.visual_per_layer}
+    writer.predictions(ids, predictions, {
+        "images": ids, "end_to_end": elapsed, **out.timing,
+        "tokens_per_layer": out.tokens_per_layer, "visual_per_layer": out.visual_per_layer,
+        "load": sum(item.load_s for item in items), "prepare": sum(item.prepare_s for item in items),
+        "wait": sum(item.wait_s for item in items), "prefetch": bool(cfg.prefetch)})
 
 
 def run(cfg: DictConfig) -> dict:
@@ -351,7 +354,10 @@ def predict_and_score(cfg: DictConfig, info: distributed.Dist, device: torch.dev
 
 def predict_images(model, engine, split: GCGSplit, ids: list[str], cfg, run_dir: Path,
                    info: distributed.Dist, done: int) -> None:
-    """Predict ``ids`` batch by batch; this process's timing / error records go to its own files."""
+    """Predict ``ids`` batch by batch; this process's timing / error records go to its own files.
+
+    ``prefetch``: images are decoded and the pruner's image-only work is done in loader threads
+    ahead of the model, files are written by a writer thread behind it (altp.pipeline)."""
     pred_dir = run_dir / "predictions"
     timing = record_file(run_dir, "timing", info.rank, info.world)
     errors = record_file(run_dir, "errors", info.rank, info.world)
@@ -360,17 +366,30 @@ def predict_images(model, engine, split: GCGSplit, ids: list[str], cfg, run_dir:
     else:  # rank 0's share stands for the whole
         bar = tqdm(total=len(ids), desc=f"{run_dir.name} rank0/{info.world}", unit="img",
                    disable=not cfg.progress or not info.is_main)
-    for first in range(0, len(ids), cfg.batch_size):
-        batch = ids[first:first + cfg.batch_size]
-        try:
-            append_jsonl(timing, predict_batch(model, engine, split, batch, cfg, pred_dir))
-        except Exception:  # noqa: BLE001 - retry alone so one bad image cannot sink its batch
-            for image_id in batch:
-                try:
-                    append_jsonl(timing, predict_batch(model, engine, split, [image_id], cfg, pred_dir))
-                except Exception as err:  # noqa: BLE001 - recorded, the run goes on
-                    record_failure(errors, image_id, err)
-        bar.update(len(batch))
+    workers, threads = pipeline.thread_counts(cfg.prefetch_workers, cfg.torch_threads)
+    if threads is not None:
+        torch.set_num_threads(threads)
+    def write(path: Path, record: dict) -> None:  # checked as the scorer will, hashed in the manifest
+        write_prediction(path.parent, record, split.by_id(record["image_id"]))
+
+    with pipeline.Writer(pred_dir, timing, errors, write, append_jsonl, cfg.prefetch) as writer, \
+            pipeline.Loader(split, ids, model, engine.pruner, cfg.prefetch, workers,
+                            depth=2 * max(cfg.batch_size, workers)) as loader:
+        for batch in loader.batches(cfg.batch_size):
+            for item in batch:
+                if item.error is not None:  # unreadable image or failed prepare: recorded
+                    writer.error(item.error)
+            loaded = [item for item in batch if item.error is None]
+            try:
+                if loaded:
+                    predict_batch(model, engine, loaded, cfg, writer)
+            except Exception:  # noqa: BLE001 - retry alone so one bad image cannot sink its batch
+                for item in loaded:
+                    try:
+                        predict_batch(model, engine, [item], cfg, writer)
+                    except Exception as err:  # noqa: BLE001 - recorded, the run goes on
+                        writer.error(pipeline.error_record(item.image_id, err))
+            bar.update(len(batch))
     bar.close()
 
 

@@ -96,6 +96,7 @@ def timing_summary(per_file: list[list[dict]], ranks: list[dict]) -> dict:
         "prefill_ms_per_image": median([b["prefill"] / n for b, n in per_image]),
         "decode_ms_per_token": median([b["decode"] / max(1, b["decode_steps"]) for b, _ in per_image]),
         "end_to_end_ms_per_image": median([b["end_to_end"] / n for b, n in per_image]),
+        **latency_views(per_image),
         "batches_measured": len(measured),
         **({memory_key: max(peaks)} if peaks else {}),
         "ranks": len(ranks),
@@ -108,7 +109,43 @@ def timing_summary(per_file: list[list[dict]], ranks: list[dict]) -> dict:
                 "pruner; decode is per batch step. ranks / images_predicted_now / predict_wall_s / "
                 "images_per_s / per_rank describe the invocation that finished the run: wall = the "
                 "slowest rank's prediction loop; peak memory = the largest over ranks (GPU: since the "
-                "loop started; CPU: the process's peak resident set)",
+                "loop started; CPU: the process's peak resident set). images_per_s is the throughput "
+                "(with prefetch: loading, prepare and writing overlap the model). pruner_ms_per_image is "
+                "the pruner's critical-path part (inside prefill); engine_ms_per_image = prefill + "
+                "decode without it; load / prepare / write = decoding + the encoder view, the pruner's "
+                "image-only prepare(), mask encoding + prediction files; off_critical_path_ms_per_image "
+                "= their sum when prefetch ran them in threads (0 inline); loader_wait_ms_per_image = how "
+                "long the model waited for loaded images (with prefetch: the part the loader did not hide); "
+                "single_request_ms_per_image = load + prepare + end to end + write, all counted serially "
+                "(what one request costs)",
+    }
+
+
+def latency_views(per_image: list[tuple[dict, int]]) -> dict:
+    """Both latency views from the batch records: the engine's own time with the pruner part
+    separate, the work off the critical path, and one request with everything serial.
+
+    Records written before the pipeline existed (no ``load`` / ``prepare`` / ``write``) count
+    those parts as 0 and as inline.
+    """
+    def ms(values):
+        return round(1e3 * statistics.median(values), 3)
+
+    def part(b, key):
+        return b.get(key, 0.0)
+
+    flags = {bool(b.get("prefetch", False)) for b, _ in per_image}
+    image_only = [(part(b, "load") + part(b, "prepare") + part(b, "write")) / n for b, n in per_image]
+    return {
+        "prefetch": flags.pop() if len(flags) == 1 else "mixed",
+        "engine_ms_per_image": ms([(b["prefill"] + b["decode"] - b["pruner"]) / n for b, n in per_image]),
+        "load_ms_per_image": ms([part(b, "load") / n for b, n in per_image]),
+        "prepare_ms_per_image": ms([part(b, "prepare") / n for b, n in per_image]),
+        "write_ms_per_image": ms([part(b, "write") / n for b, n in per_image]),
+        "loader_wait_ms_per_image": ms([part(b, "wait") / n for b, n in per_image]),
+        "off_critical_path_ms_per_image": ms([v if b.get("prefetch") else 0.0
+                                              for v, (b, _) in zip(image_only, per_image)]),
+        "single_request_ms_per_image": ms([v + b["end_to_end"] / n for v, (b, n) in zip(image_only, per_image)]),
     }
 
 
@@ -125,4 +162,14 @@ def print_summary(metrics: dict, run_dir: Path) -> None:
     protocol = "" if model.startswith(f"{PROTOCOL_MODEL}:") else \
         f"; the protocol's is {PROTOCOL_MODEL} (similarity_model=PATH), so recall is not comparable to papers"
     print(f"recall text similarity: {model}, {metrics['similarity']}{protocol}")
+    timing = metrics.get("timing") or {}
+    if "single_request_ms_per_image" in timing:
+        mode = "on" if timing["prefetch"] is True else "off" if timing["prefetch"] is False else "mixed"
+        rate = timing["images_per_s"]
+        print(f"ms/image: pruner {timing['pruner_ms_per_image']:.1f} on the critical path + "
+              f"{timing['prepare_ms_per_image']:.1f} prepare, engine {timing['engine_ms_per_image']:.1f}, "
+              f"load {timing['load_ms_per_image']:.1f}, write {timing['write_ms_per_image']:.1f} "
+              f"({timing['off_critical_path_ms_per_image']:.1f} off the critical path, prefetch {mode})")
+        print(f"latency: single request {timing['single_request_ms_per_image']:.1f} ms/image | "
+              f"throughput {rate if rate is not None else float('nan'):.2f} images/s")
     print(f"results: {run_dir}")

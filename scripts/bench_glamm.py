@@ -10,6 +10,10 @@ Reported, median of ``--repeats`` after one warm-up:
 * ``prefill_ms``: per pruner (none / fastv / pdrop / altp, from configs/pruner) and keep
   (1.0 / 0.5 / 0.25 / 0.1), the engine's prefill time (pruner included) beside the FLOPs ratio
   of its token schedule (eval.flops);
+* ``time_to_first_token_ms`` at keep ``--ttft-keep`` (0.1): the image to the first token (CLIP,
+  splice, pruned prefill) for none / fastv / altp; ALTP twice, with its SLIC on the 336 px crop
+  counted serially (one request, ``prefetch=false``) and without (done ahead by the data
+  pipeline, ``prefetch=true``), beside the SLIC time alone (altp/pipeline.py);
 * ``decode_ms_per_token``: cached decoding, unpruned;
 * ``end_to_end_ms``, one image and a ``--new-tokens`` caption: ``ours`` = CLIP once, prefill,
   cached decode, SAM once, all masks in one decoder call; ``reference`` = what GLaMM's
@@ -29,6 +33,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from PIL import Image
 from transformers import (
     CLIPVisionConfig,
     CLIPVisionModel,
@@ -121,7 +126,7 @@ def reference(model: GLaMM, image: np.ndarray, new_tokens: int, segs: int) -> to
 
 
 @torch.no_grad()
-def bench(tiny: bool, new_tokens: int, segs: int, repeats: int) -> dict:
+def bench(tiny: bool, new_tokens: int, segs: int, repeats: int, ttft_keep: float = 0.1) -> dict:
     device = torch.device("cpu" if tiny or not torch.cuda.is_available() else "cuda")
     dtype = torch.float32 if device.type == "cpu" else torch.bfloat16
     shapes = TINY if tiny else FULL
@@ -137,6 +142,9 @@ def bench(tiny: bool, new_tokens: int, segs: int, repeats: int) -> dict:
         for keep in (1.0,) if name == "none" else KEEPS:
             engine = PruningEngine(model.llm, pruner(name, keep, shapes))
             prefill.setdefault(name, {})[str(keep)] = bench_utils.prefill_row(engine, inputs, repeats, full_tokens, llm)
+    ttft = bench_utils.time_to_first_token(
+        model.llm, lambda prepared: model.engine_inputs([image], prepared), model.encoder_view(Image.fromarray(image)),
+        model.grid, {name: pruner(name, ttft_keep, shapes) for name in ("none", "fastv", "altp")}, repeats, clock)
     decode = PruningEngine(model.llm).generate(inputs, new_tokens)
     e2e_ours = bench_utils.median_ms(lambda: ours(model, image, new_tokens, segs), repeats, clock)
     model.llm.set_attn_implementation("eager")
@@ -150,6 +158,7 @@ def bench(tiny: bool, new_tokens: int, segs: int, repeats: int) -> dict:
         "shapes": "tiny" if tiny else "full (Vicuna-7B, CLIP-L/336, SAM ViT-H)",
         "prefill_tokens": full_tokens,
         "prefill_ms": prefill,
+        "time_to_first_token_ms": {"keep": ttft_keep, **ttft},
         "decode_ms_per_token": round(1e3 * decode.timing["decode"] / decode.timing["decode_steps"], 3),
         "end_to_end_ms": {"ours": e2e_ours, "reference": e2e_reference,
                           "speedup": round(e2e_reference / e2e_ours, 2)},
@@ -159,16 +168,19 @@ def bench(tiny: bool, new_tokens: int, segs: int, repeats: int) -> dict:
 
 def main(argv: list[str] | None = None) -> dict:
     parser = bench_utils.arguments(__doc__.splitlines()[0], new_tokens=128, stop="EOS")
+    parser.add_argument("--ttft-keep", type=float, default=0.1, help="keep ratio of the time-to-first-token rows")
     args = parser.parse_args(argv)
     if not 1 <= args.segs <= args.new_tokens:
         parser.error("--segs must be between 1 and --new-tokens")
-    result = bench(args.tiny, args.new_tokens, args.segs, args.repeats)
+    result = bench(args.tiny, args.new_tokens, args.segs, args.repeats, args.ttft_keep)
     if args.json:
         print(json.dumps(result, indent=1))
     else:
         print(f"{result['device']} {result['dtype']}, {result['shapes']}, "
               f"prefill {result['prefill_tokens']} tokens")
         bench_utils.print_prefill(result["prefill_ms"])
+        ttft = dict(result["time_to_first_token_ms"])
+        bench_utils.print_ttft(ttft, ttft.pop("keep"))
         print(f"  decode: {result['decode_ms_per_token']:.2f} ms / token")
         e2e = result["end_to_end_ms"]
         print(f"  end to end, {args.new_tokens} tokens: ours {e2e['ours']:.1f} ms, reference "

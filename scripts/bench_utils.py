@@ -1,4 +1,5 @@
-"""What the model benchmarks share: the pruner as run.py builds it, and a median timer."""
+"""What the model benchmarks share: the pruner as run.py builds it, a median timer, prefill and
+time-to-first-token rows."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ from pathlib import Path
 from hydra import compose, initialize_config_dir
 from hydra.utils import instantiate
 
-from altp.engine import Clock
+from altp.engine import Clock, PruningEngine
 from eval.flops import flops_ratio
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
@@ -45,6 +46,39 @@ def prefill_row(engine, inputs, repeats: int, full_tokens: int, llm_config) -> d
             "pruner_ms": round(1e3 * statistics.median(r.timing["pruner"] for r in runs), 3),
             "flops_ratio": round(flops_ratio(runs[0].tokens_per_layer, full_tokens, llm_config.hidden_size,
                                              llm_config.intermediate_size), 4)}
+
+
+def time_to_first_token(llm, make_inputs, view, grid, pruners: dict, repeats: int, clock: Clock) -> dict:
+    """Median ms from the image to the first generated token (encoder, splice, pruned prefill,
+    first logits) per pruner; ``make_inputs(prepared)`` builds the model's EngineInputs.
+
+    A pruner with image-only work (``Pruner.prepare``: ALTP's SLIC) gets both latency views:
+    ``with_prepare`` counts that work serially, inside prefill (one request, ``prefetch=false``);
+    ``without_prepare`` has it done ahead, as the data pipeline does (``prefetch=true``), beside
+    ``prepare_ms``, the work alone (on ``view``, the image as the encoder sees it).
+    """
+    return {name: _ttft_row(PruningEngine(llm, pruner), make_inputs, view, grid, repeats, clock)
+            for name, pruner in pruners.items()}
+
+
+def _ttft_row(engine: PruningEngine, make_inputs, view, grid, repeats: int, clock: Clock) -> dict:
+    pruner = engine.pruner
+    inline = median_ms(lambda: engine.generate(make_inputs(None), 1), repeats, clock)
+    if not pruner.prepares_images:
+        return {"ms": inline}
+    state = [pruner.prepare(view, grid)]
+    return {"with_prepare_ms": inline,
+            "without_prepare_ms": median_ms(lambda: engine.generate(make_inputs(state), 1), repeats, clock),
+            "prepare_ms": median_ms(lambda: pruner.prepare(view, grid), repeats, clock)}
+
+
+def print_ttft(rows: dict, keep: float) -> None:
+    for name, row in rows.items():
+        if "ms" in row:
+            print(f"  time to first token, {name:6s} keep {keep:g}: {row['ms']:9.2f} ms")
+        else:
+            print(f"  time to first token, {name:6s} keep {keep:g}: {row['with_prepare_ms']:9.2f} ms with its "
+                  f"prepare (SLIC {row['prepare_ms']:.2f} ms) counted, {row['without_prepare_ms']:.2f} ms without")
 
 
 def print_prefill(prefill: dict) -> None:

@@ -279,3 +279,19 @@ def test_config_instantiates(name):
     assert described["layers"] == [2] and described["slic_mode"] == "literal"
     assert ("alpha" in described) == (name == "altp")
     assert pruner.needs == {"image", "importance"}
+
+
+@pytest.mark.parametrize("name", sorted(PRUNERS))
+def test_prepared_state_gives_the_inline_tokens_without_slic(model, name, monkeypatch):
+    inputs, pruner = batch(model, (24, 24)), PRUNERS[name](keep=0.1)
+    inline = PruningEngine(model, pruner).generate(inputs, STEPS)
+    prepared = [pruner.prepare(image, inputs.grid) for image in inputs.images]
+    other_grid = [pruner.prepare(image, (16, 36)) for image in inputs.images]
+    monkeypatch.setattr("altp.altp.capture", lambda *a, **k: pytest.fail("SLIC ran inside select"))
+    inputs.prepared = prepared
+    out = PruningEngine(model, pruner).generate(inputs, STEPS)
+    assert torch.equal(out.kept_grid_index[0], inline.kept_grid_index[0]) and torch.equal(out.tokens, inline.tokens)
+    assert pruner.prepares_images and not NoPruning().prepares_images
+    inputs.prepared = other_grid
+    with pytest.raises(ValueError, match="prepared state"):
+        PruningEngine(model, pruner).generate(inputs, STEPS)

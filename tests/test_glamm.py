@@ -385,3 +385,14 @@ def test_bench_tiny_runs_every_pruner_and_both_procedures():
     assert result["prefill_tokens"] == 658 and set(result["prefill_ms"]) == {"none", "fastv", "pdrop", "altp"}
     assert result["prefill_ms"]["altp"]["0.1"]["flops_ratio"] < result["prefill_ms"]["altp"]["0.5"]["flops_ratio"] < 1
     assert result["decode_ms_per_token"] > 0 and result["end_to_end_ms"]["reference"] > 0
+    ttft = result["time_to_first_token_ms"]
+    assert ttft["keep"] == 0.1 and ttft["none"]["ms"] > 0 and ttft["fastv"]["ms"] > 0
+    assert ttft["altp"]["prepare_ms"] > 0 and ttft["altp"]["with_prepare_ms"] > 0 and ttft["altp"]["without_prepare_ms"] > 0
+
+
+def test_encoder_view_is_the_crop_the_pruner_sees(model):
+    images = [scene(0), scene(1)[:150]]
+    inputs = model.engine_inputs(images, prepared=["a", "b"])
+    for image, crop in zip(images, inputs.images):
+        assert np.array_equal(model.encoder_view(Image.fromarray(image)), crop)
+    assert inputs.prepared == ["a", "b"]

@@ -16,6 +16,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from hydra import compose, initialize_config_dir
@@ -354,8 +355,8 @@ def test_retry_questions_ask_again_when_no_seg(model, monkeypatch):
     engine = FirstAnswerWithoutSeg(model)
     asked = []
     real = model.engine_inputs
-    monkeypatch.setattr(model, "engine_inputs", lambda images, question=0: asked.append(question) or
-                        real(images, question))
+    monkeypatch.setattr(model, "engine_inputs", lambda images, question=0, prepared=None: asked.append(question) or
+                        real(images, question, prepared))
     (prediction,), _ = model.predict([scene(0)], engine, 12)
     assert asked == [0, 1] and model.retries == 1 and engine.calls == 2
     assert prediction.phrases == ["red circle"] and len(prediction.masks) == 1
@@ -418,3 +419,11 @@ def test_bench_tiny_times_every_pruner_beside_flops():
     ratios = {keep: row["flops_ratio"] for keep, row in result["prefill_ms"]["altp"].items()}
     assert ratios["0.1"] < ratios["0.25"] < ratios["1.0"] == 1
     assert result["decode_ms_per_token"] > 0 and result["end_to_end_ms"]["altp 0.1"] > 0
+
+
+def test_encoder_view_is_the_square_the_pruner_sees(model):
+    images = [scene(0), scene(1).crop((0, 0, 192, 120))]
+    inputs, _ = model.engine_inputs(images, prepared=["a", "b"])
+    for image, square in zip(images, inputs.images):
+        assert np.array_equal(model.encoder_view(image), square)
+    assert inputs.prepared == ["a", "b"]

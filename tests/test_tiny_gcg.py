@@ -83,3 +83,10 @@ def test_packaged_weights_reproduce_their_card(tmp_path):
     metrics = run(cfg)
     for name, value in card.items():
         assert metrics[name] == pytest.approx(value, abs=2e-3), name  # a flipped greedy token or two at most
+
+
+def test_encoder_view_is_the_image_the_pruner_sees(model):
+    image = Image.fromarray(np.random.default_rng(0).integers(0, 256, (100, 150, 3), dtype=np.uint8))
+    inputs, _ = model.engine_inputs([model.resized(image)], prepared=["state"])
+    assert np.array_equal(model.encoder_view(image), inputs.images[0]) and inputs.prepared == ["state"]
+    assert model.grid == (24, 24)

@@ -205,7 +205,27 @@ class TinyGCG(nn.Module):
             parts.append(self.llm.model.embed_tokens(answer_ids))
         return torch.cat(parts, dim=1), start, encoded
 
-    def engine_inputs(self, images: list[np.ndarray]) -> tuple[EngineInputs, tuple[torch.Tensor, ...]]:
+    def resized(self, image: Image.Image) -> np.ndarray:
+        """The uint8 image_size x image_size RGB array the encoder reads."""
+        size = self.cfg.image_size
+        return np.asarray(image.convert("RGB").resize((size, size), Image.BILINEAR))
+
+    @staticmethod
+    def _view(array: np.ndarray) -> np.ndarray:
+        return array.astype(np.float32) / 255.0
+
+    def encoder_view(self, image: Image.Image) -> np.ndarray:
+        """The image as the encoder sees it, HxWx3 float in [0, 1]: ``EngineInputs.images``
+        (what ALTP segments), for the data pipeline's ``Pruner.prepare``."""
+        return self._view(self.resized(image))
+
+    @property
+    def grid(self) -> tuple[int, int]:
+        return (self.cfg.grid, self.cfg.grid)
+
+    def engine_inputs(self, images: list[np.ndarray], prepared: list | None = None
+                      ) -> tuple[EngineInputs, tuple[torch.Tensor, ...]]:
+        """``prepared``: the pruner's per-image prepare() states (altp.pipeline), or None."""
         pixels = self.pixels(images).to(self.llm.device)
         embeds, start, encoded = self.embed_prompt(pixels)
         batch = embeds.shape[0]
@@ -213,7 +233,7 @@ class TinyGCG(nn.Module):
             inputs_embeds=embeds,
             attention_mask=torch.ones(batch, embeds.shape[1], dtype=torch.long, device=embeds.device),
             visual_start=torch.full((batch,), start, device=embeds.device), n_visual=self.cfg.grid ** 2,
-            grid=(self.cfg.grid, self.cfg.grid), images=[im.astype(np.float32) / 255.0 for im in images])
+            grid=self.grid, images=[self._view(im) for im in images], prepared=prepared)
         return inputs, encoded
 
     def mask_logits(self, seg_hidden: torch.Tensor, encoded: tuple[torch.Tensor, torch.Tensor],
@@ -229,16 +249,15 @@ class TinyGCG(nn.Module):
         return self.cfg.grid ** 2
 
     @torch.no_grad()
-    def predict(self, images: list[Image.Image], engine: PruningEngine,
-                max_new_tokens: int) -> tuple[list[GCGPrediction], GenerationOutput]:
+    def predict(self, images: list[Image.Image], engine: PruningEngine, max_new_tokens: int,
+                prepared: list | None = None) -> tuple[list[GCGPrediction], GenerationOutput]:
         """Caption + one mask per generated [SEG] for each image (resized to image_size and back).
 
         The caption and phrases go through GLaMM's clean-up (eval.cleanup); masks are the mask
-        logits resized to the original image size, thresholded at 0 (as GLaMM).
+        logits resized to the original image size, thresholded at 0 (as GLaMM). ``prepared``:
+        the pruner's prepare() state per image (computed on ``encoder_view``), or None.
         """
-        size = self.cfg.image_size
-        arrays = [np.asarray(im.convert("RGB").resize((size, size), Image.BILINEAR)) for im in images]
-        inputs, encoded = self.engine_inputs(arrays)
+        inputs, encoded = self.engine_inputs([self.resized(im) for im in images], prepared)
         out = engine.generate(inputs, max_new_tokens, eos_token_id=self.tokenizer.eos_id)
         answers, steps = [], []
         for b in range(len(images)):

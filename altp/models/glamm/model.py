@@ -101,8 +101,15 @@ class GLaMM(nn.Module):
         states = self.clip(pixel_values=pixels, output_hidden_states=True).hidden_states
         return self.projector(states[self.select_layer][:, 1:].to(self.llm.dtype))
 
-    def engine_inputs(self, images: list[np.ndarray]) -> EngineInputs:
-        """The prompt's text embeddings with the projected CLIP tokens at the ``-200`` slot."""
+    def encoder_view(self, image: Image.Image) -> np.ndarray:
+        """What CLIP sees of one image (its crop in [0, 1]): ``EngineInputs.images``, for the
+        data pipeline's ``Pruner.prepare``. The processor treats every image of a batch alone,
+        so this equals that image's crop in a batch."""
+        return self.clip_inputs([np.asarray(image.convert("RGB"))])[1][0]
+
+    def engine_inputs(self, images: list[np.ndarray], prepared: list | None = None) -> EngineInputs:
+        """The prompt's text embeddings with the projected CLIP tokens at the ``-200`` slot;
+        ``prepared``: the pruner's per-image prepare() states (altp.pipeline), or None."""
         pixels, crops = self.clip_inputs(images)
         visual = self.visual_tokens(pixels)
         text = [i for i in self.ids if i != IMAGE_TOKEN_INDEX]
@@ -115,7 +122,7 @@ class GLaMM(nn.Module):
         return EngineInputs(
             inputs_embeds=embeds, attention_mask=torch.ones(batch, length, dtype=torch.long, device=device),
             visual_start=torch.full((batch,), start, device=device), n_visual=self.n_visual,
-            grid=self.grid, images=crops)
+            grid=self.grid, images=crops, prepared=prepared)
 
     # --- masks ---------------------------------------------------------------------------
     def mask_logits(self, image: np.ndarray, seg_hidden: torch.Tensor) -> torch.Tensor:
@@ -127,11 +134,12 @@ class GLaMM(nn.Module):
         return sam_ops.postprocess_masks(low_res, self.sam_size, resized, image.shape[:2])
 
     @torch.no_grad()
-    def predict(self, images: list[Image.Image], engine: PruningEngine,
-                max_new_tokens: int) -> tuple[list[GCGPrediction], GenerationOutput]:
-        """Caption, phrases and one mask per generated [SEG] (original size) for each image."""
+    def predict(self, images: list[Image.Image], engine: PruningEngine, max_new_tokens: int,
+                prepared: list | None = None) -> tuple[list[GCGPrediction], GenerationOutput]:
+        """Caption, phrases and one mask per generated [SEG] (original size) for each image;
+        ``prepared``: the pruner's prepare() state per image (on ``encoder_view``), or None."""
         arrays = [np.asarray(image.convert("RGB")) for image in images]
-        out = engine.generate(self.engine_inputs(arrays), max_new_tokens, eos_token_id=EOS_ID)
+        out = engine.generate(self.engine_inputs(arrays, prepared), max_new_tokens, eos_token_id=EOS_ID)
         predictions = []
         for b, array in enumerate(arrays):
             ids = out.tokens[b, :out.lengths[b]].tolist()

@@ -42,6 +42,11 @@ PAD_COLOUR = tuple(int(m * 255) for m in CLIP_MEAN)  # (122, 116, 104), as expan
 SUPERPIXEL_SIZE = 336  # the square ALTP segments: as GLaMM's 336 px crops (21 px per token cell), same SLIC cost
 
 
+def superpixel_image(square: Image.Image) -> np.ndarray:
+    """The padded square at SUPERPIXEL_SIZE, float in [0, 1]: what ALTP segments."""
+    return np.asarray(square.resize((SUPERPIXEL_SIZE,) * 2, Image.BICUBIC), np.float32) / 255
+
+
 def expand_to_square(image: Image.Image) -> Image.Image:
     """Upstream ``expand2square``: centred on a mean-colour square ((max - min) // 2 offset)."""
     width, height = image.size
@@ -116,11 +121,16 @@ class OMGLLaVA(nn.Module):
         arrays = np.stack([np.asarray(s.resize((size, size), Image.BICUBIC), np.float32) / 255 for s in squares])
         mean, std = torch.tensor(CLIP_MEAN)[:, None, None], torch.tensor(CLIP_STD)[:, None, None]
         pixels = (torch.from_numpy(arrays).permute(0, 3, 1, 2) - mean) / std
-        small = [np.asarray(s.resize((SUPERPIXEL_SIZE,) * 2, Image.BICUBIC), np.float32) / 255 for s in squares]
-        return pixels, small
+        return pixels, [superpixel_image(s) for s in squares]
 
-    def engine_inputs(self, images: list[Image.Image], question: int = 0):
-        """Prompt embeddings (left-padded to the longest K) and OMG-Seg's cache for [SEG] decoding."""
+    def encoder_view(self, image: Image.Image) -> np.ndarray:
+        """The square ALTP segments for one image (``EngineInputs.images``), for the data
+        pipeline's ``Pruner.prepare``."""
+        return superpixel_image(expand_to_square(image.convert("RGB")))
+
+    def engine_inputs(self, images: list[Image.Image], question: int = 0, prepared: list | None = None):
+        """Prompt embeddings (left-padded to the longest K) and OMG-Seg's cache for [SEG] decoding;
+        ``prepared``: the pruner's per-image prepare() states (altp.pipeline), or None."""
         pixels, squares = self.pixels(images)
         device = self.llm.device
         encoded = self.perception.encode(pixels.to(device))
@@ -138,7 +148,7 @@ class OMGLLaVA(nn.Module):
             embeds[b, length - len(row):], mask[b, length - len(row):] = row, 1
         pad = torch.tensor([length - len(r) for r in rows], device=device)
         inputs = EngineInputs(inputs_embeds=embeds, attention_mask=mask, visual_start=pad + start,
-                              n_visual=self.n_visual, grid=self.grid, images=squares)
+                              n_visual=self.n_visual, grid=self.grid, images=squares, prepared=prepared)
         return inputs, encoded
 
     # --- outputs -------------------------------------------------------------------------
@@ -165,15 +175,17 @@ class OMGLLaVA(nn.Module):
         return list((logits[:, top:top + height, left:left + width] > 0).cpu().numpy())  # sigmoid > 0.5
 
     @torch.no_grad()
-    def predict(self, images: list[Image.Image], engine: PruningEngine,
-                max_new_tokens: int) -> tuple[list[GCGPrediction], GenerationOutput]:
-        inputs, encoded = self.engine_inputs(images)
+    def predict(self, images: list[Image.Image], engine: PruningEngine, max_new_tokens: int,
+                prepared: list | None = None) -> tuple[list[GCGPrediction], GenerationOutput]:
+        """``prepared``: the pruner's prepare() state per image (on ``encoder_view``), or None."""
+        inputs, encoded = self.engine_inputs(images, prepared=prepared)
         out = engine.generate(inputs, max_new_tokens, eos_token_id=self.stop_ids)
         predictions = []
         for b, image in enumerate(images):
             ids, states = self.seg_states(out, b)
             if self.retry_questions and not len(states):
-                ids, states, encoded_b = self.retry(image, engine, max_new_tokens)
+                state = None if prepared is None else [prepared[b]]
+                ids, states, encoded_b = self.retry(image, engine, max_new_tokens, state)
                 masks = self.masks(image, states, encoded_b, 0)
             else:
                 masks = self.masks(image, states, encoded, b)
@@ -181,12 +193,12 @@ class OMGLLaVA(nn.Module):
             predictions.append(GCGPrediction(caption, phrases, masks))
         return predictions, out
 
-    def retry(self, image: Image.Image, engine: PruningEngine, max_new_tokens: int):
+    def retry(self, image: Image.Image, engine: PruningEngine, max_new_tokens: int, prepared: list | None = None):
         """Upstream asks the next of its 6 questions until an answer has a [SEG] (§3.3); the
         last answer stands when none has. Off by default: it makes timing depend on answers."""
         for question in range(1, len(self.question_ids)):
             self.retries += 1
-            inputs, encoded = self.engine_inputs([image], question)
+            inputs, encoded = self.engine_inputs([image], question, prepared)
             ids, states = self.seg_states(engine.generate(inputs, max_new_tokens, eos_token_id=self.stop_ids), 0)
             if len(states):
                 break
