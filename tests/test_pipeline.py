@@ -14,6 +14,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -35,6 +36,10 @@ class Split:
 
     def image_path(self, image_id: str) -> Path:
         return self.folder / f"{image_id}.png"
+
+    def by_id(self, image_id: str) -> SimpleNamespace:  # the GT size the loader checks against
+        width, height = Image.open(self.image_path(image_id)).size
+        return SimpleNamespace(width=width, height=height)
 
 
 class Model:
