@@ -22,7 +22,7 @@ from scipy.stats import kendalltau
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from eval.paper_numbers import TABLE1_GLAMM, TABLE3_GLAMM  # noqa: E402
-from eval.tables import load_runs  # noqa: E402
+from eval.results import load_runs  # noqa: E402
 
 METHODS = ("fastv", "pdrop", "altp", "ddc", "random", "pool")
 RANKED = ("fastv", "pdrop", "altp")  # the methods GLaMM's Table 1 reports at every keep
@@ -40,7 +40,7 @@ def collect(runs: list[dict], model: str, data: str, split: str, limit: int | No
     """(pruner, keep) -> metrics for the default-parameter runs of one model / data / split / limit."""
     return {(r["pruner"], float(r["keep"])): r for r in runs
             if r["model"] == model and r["data"] == data and r["split"] == split and r.get("limit") == limit
-            and r["default_params"]}
+            and not r.get("variant") and not r.get("model_settings")}
 
 
 def report(found: dict, split: str) -> tuple[list[str], list[tuple[str, bool]]]:

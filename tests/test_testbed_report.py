@@ -22,7 +22,7 @@ def write_run(root: Path, pruner: str, keep: float, ap50: float, recall: float, 
     folder.mkdir(parents=True)
     (folder / "metrics.json").write_text(json.dumps({
         "model": "tiny_gcg", "data": "synthetic", "split": "val", "limit": 100, "variant": {},
-        "pruner": pruner, "keep": keep, "AP50": ap50, "mIoU": 0.8, "recall": recall, "flops_ratio": flops}))
+        "pruner": pruner, "keep": keep, "visual_tokens": 576, "AP50": ap50, "mIoU": 0.8, "recall": recall, "flops_ratio": flops}))
 
 
 def test_retention_tau_and_checks(report, tmp_path):
