@@ -46,7 +46,7 @@ clean: ## remove caches (outputs/ is kept; use clean-outputs)
 	rm -rf .pytest_cache .ruff_cache build *.egg-info
 	find . -name __pycache__ -type d -prune -exec rm -rf {} +
 
-clean-outputs: ## delete everything runs wrote under outputs/ (outputs/readme/ holds the README's figures)
-	find outputs -mindepth 1 -maxdepth 1 ! -name README.md ! -name readme -exec rm -rf {} +
+clean-outputs: ## delete everything runs wrote under outputs/
+	find outputs -mindepth 1 -maxdepth 1 ! -name README.md -exec rm -rf {} +
 
 .PHONY: help install test test-fast lint synthetic tables report testbed-report bench bench-gpu clean clean-outputs
