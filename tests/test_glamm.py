@@ -6,7 +6,6 @@ arithmetic, SAM's key mapping at ViT-H size, mask post-processing, and ``run.py 
 end to end with none / fastv / altp.
 """
 
-import importlib.util
 import json
 import shutil
 import subprocess
@@ -28,6 +27,7 @@ from glamm_fixtures import (
 from hydra import compose, initialize_config_dir
 from PIL import Image
 from pycocotools import mask as mask_utils
+from script_helpers import load_script
 from transformers import SamModel
 
 from altp.data.synthetic import render_scene
@@ -378,9 +378,7 @@ def test_run_py_with_altp(folders):
 
 
 def test_bench_tiny_runs_every_pruner_and_both_procedures():
-    spec = importlib.util.spec_from_file_location("bench_glamm", ROOT / "scripts" / "bench_glamm.py")
-    bench = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(bench)
+    bench = load_script("bench_glamm")
     result = bench.main(["--tiny", "--new-tokens", "3", "--segs", "1", "--repeats", "1", "--json"])
     assert result["prefill_tokens"] == 658 and set(result["prefill_ms"]) == {"none", "fastv", "pdrop", "altp"}
     assert result["prefill_ms"]["altp"]["0.1"]["flops_ratio"] < result["prefill_ms"]["altp"]["0.5"]["flops_ratio"] < 1

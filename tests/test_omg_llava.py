@@ -34,6 +34,7 @@ from omg_fixtures import (
 from PIL import Image
 from pycocotools import mask as mask_utils
 from safetensors.torch import load_file
+from script_helpers import load_script
 
 from altp.data.synthetic import render_scene
 from altp.engine import GenerationOutput, PruningEngine
@@ -409,9 +410,7 @@ def test_run_end_to_end(folder, model, tmp_path_factory, pruner, kept, visual):
 
 
 def test_bench_tiny_times_every_pruner_beside_flops():
-    spec = importlib.util.spec_from_file_location("bench_omg_llava", ROOT / "scripts" / "bench_omg_llava.py")
-    bench = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(bench)
+    bench = load_script("bench_omg_llava")
     result = bench.main(["--tiny", "--new-tokens", "3", "--segs", "1", "--repeats", "1", "--json"])
     assert result["pixel_tokens"] == 64 and result["object_tokens"] >= 1
     assert result["prefill_tokens"] == bench.PROMPT_TEXT + 64 + 1 + result["object_tokens"]

@@ -9,16 +9,13 @@
 """
 
 import json
-import signal
-import subprocess
-import sys
-import time
 from pathlib import Path
 from types import SimpleNamespace
 
 import numpy as np
 import pytest
 from PIL import Image
+from script_helpers import kill_and_resume
 from test_runner import ROOT, compose_cfg, overrides, workspace  # noqa: F401 - workspace: the fixture
 
 from altp.altp import ALTP
@@ -174,22 +171,6 @@ def test_prefetch_on_and_off_give_byte_identical_altp_predictions(workspace, tmp
 def test_sigkill_of_a_prefetching_run_resumes_to_the_inline_predictions(workspace, tmp_path):  # noqa: F811
     args = overrides(workspace, "pruner=altp", "keep=0.1", "data.generate.n_val=12", "data.limit=12",
                      f"data.root={tmp_path / 'data'}", "batch_size=1")
-    reference = subprocess.run([sys.executable, "run.py", *args, "prefetch=false", f"output_root={tmp_path / 'a'}"],
-                               cwd=ROOT, capture_output=True, text=True, timeout=600)
-    assert reference.returncode == 0, reference.stderr
-    killed_root = tmp_path / "b"
-    proc = subprocess.Popen([sys.executable, "run.py", *args, "prefetch=true", f"output_root={killed_root}"],
-                            cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.time() + 300
-    while time.time() < deadline and len(list(killed_root.glob("runs/**/predictions/*.json"))) < 4:
-        time.sleep(0.05)
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
-    assert not list(killed_root.glob("runs/**/metrics.json"))
-    resumed = subprocess.run([sys.executable, "run.py", *args, f"output_root={killed_root}"], cwd=ROOT,
-                             capture_output=True, text=True, timeout=600)
-    assert resumed.returncode == 0, resumed.stderr
-    a = next((tmp_path / "a").glob("runs/**/metrics.json")).parent
-    b = next(killed_root.glob("runs/**/metrics.json")).parent
+    a, b = kill_and_resume(args, tmp_path, reference=("prefetch=false",), killed=("prefetch=true",))
     assert len(prediction_bytes(a)) == 12 and prediction_bytes(a) == prediction_bytes(b)
     assert json.loads((b / "metrics.json").read_text())["n_failed"] == 0

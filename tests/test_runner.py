@@ -7,15 +7,14 @@ the plumbing, not the scores. Synthetic data are generated into tmp on first use
 import hashlib
 import json
 import os
-import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
 from hydra import compose, initialize_config_dir
 from llama_fixtures import save_random_tiny_gcg
+from script_helpers import kill_and_resume
 
 from altp.runner import ConfigError, run, run_directory, validate, write_json_atomic
 from eval.flops import flops_ratio
@@ -167,22 +166,8 @@ def test_atomic_write_keeps_the_old_file_on_failure(tmp_path, monkeypatch):
 def test_sigkill_then_rerun_gives_the_same_metrics(workspace, tmp_path):
     args = overrides(workspace, "pruner=altp", "keep=0.1", "data.generate.n_val=12", "data.limit=12",
                      f"data.root={tmp_path / 'data'}", "batch_size=1")
-    reference = subprocess.run([sys.executable, "run.py", *args, f"output_root={tmp_path / 'a'}"], cwd=ROOT,
-                               capture_output=True, text=True, timeout=600)
-    assert reference.returncode == 0, reference.stderr
-    killed_root = tmp_path / "b"
-    proc = subprocess.Popen([sys.executable, "run.py", *args, f"output_root={killed_root}"], cwd=ROOT,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.time() + 300
-    while time.time() < deadline and len(list(killed_root.glob("runs/**/predictions/*.json"))) < 4:
-        time.sleep(0.2)
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
-    assert not list(killed_root.glob("runs/**/metrics.json"))
-    resumed = subprocess.run([sys.executable, "run.py", *args, f"output_root={killed_root}"], cwd=ROOT,
-                             capture_output=True, text=True, timeout=600)
-    assert resumed.returncode == 0, resumed.stderr
-    a = json.loads(next((tmp_path / "a").glob("runs/**/metrics.json")).read_text())
-    b = json.loads(next(killed_root.glob("runs/**/metrics.json")).read_text())
+    a_dir, b_dir = kill_and_resume(args, tmp_path)
+    a = json.loads((a_dir / "metrics.json").read_text())
+    b = json.loads((b_dir / "metrics.json").read_text())
     for key in ("METEOR", "CIDEr", "AP50", "mIoU", "recall", "n_images", "n_failed", "flops_ratio"):
         assert a[key] == b[key], key

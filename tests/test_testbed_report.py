@@ -1,20 +1,15 @@
 """scripts/testbed_report.py: retention, GLaMM's retention and Kendall tau from metrics.json files."""
 
-import importlib.util
 import json
 from pathlib import Path
 
 import pytest
-
-SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "testbed_report.py"
+from script_helpers import load_script
 
 
 @pytest.fixture(scope="module")
 def report():
-    spec = importlib.util.spec_from_file_location("testbed_report", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script("testbed_report")
 
 
 def write_run(root: Path, pruner: str, keep: float, ap50: float, recall: float, flops: float = 0.2):

@@ -1,27 +1,23 @@
 """scripts/train_tiny_gcg.py: a stopped run resumed ends with the same weights as one that never
 stopped, and what it inherits from the perception folder (and what it does not)."""
 
-import importlib.util
 from pathlib import Path
 
 import pytest
 import torch
 from safetensors.torch import load_file
+from script_helpers import load_script
 
 from altp.data.synthetic import VOCAB
 from altp.models.tiny_gcg import TinyGCG, TinyGCGConfig
 
-SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "train_tiny_gcg.py"
 SMALL = ["--steps", "4", "--batch", "2", "--layers", "2", "--hidden", "32", "--heads", "2",
          "--intermediate", "64", "--threads", "1"]
 
 
 @pytest.fixture(scope="module")
 def train():
-    spec = importlib.util.spec_from_file_location("train_tiny_gcg", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script("train_tiny_gcg")
 
 
 @pytest.fixture(scope="module")
