@@ -3,6 +3,8 @@
     make testbed-report        # = the runs below, then this script
     python run.py -m sweep=realism            # unpruned + 6 pruners x 3 keeps, first 100 val images
     python scripts/testbed_report.py [--runs outputs/runs] [--model tiny_gcg] [--limit 100]
+    # weights of your own: python run.py -m sweep=realism model.weights=DIR [model.llm.layers=L]
+    python scripts/testbed_report.py --model-settings weights=<DIR's name>
 
 For each pruner and keep it prints the retention (pruned / unpruned) of AP50, mIoU and recall,
 GLaMM's retention from the paper where it reports the method, and the Kendall tau between the
@@ -36,11 +38,18 @@ def glamm_retention(method: str, keep: float, metric: str, split: str) -> float 
     return None if row is None else row[split][metric] / upper
 
 
-def collect(runs: list[dict], model: str, data: str, split: str, limit: int | None) -> dict:
-    """(pruner, keep) -> metrics for the default-parameter runs of one model / data / split / limit."""
+def collect(runs: list[dict], model: str, data: str, split: str, limit: int | None,
+            settings: str | None = None) -> dict:
+    """(pruner, keep) -> metrics for the default-parameter runs of one model / data / split / limit.
+
+    ``settings``: None = the model as configured by default (no model settings in the run's
+    directory name); a string = the runs whose model settings contain it, e.g. ``weights=deep16``
+    for ``model.weights=outputs/deep16``."""
+    def chosen(run_settings: str) -> bool:
+        return not run_settings if settings is None else settings in run_settings
     return {(r["pruner"], float(r["keep"])): r for r in runs
             if r["model"] == model and r["data"] == data and r["split"] == split and r.get("limit") == limit
-            and not r.get("variant") and not r.get("model_settings")}
+            and not r.get("variant") and chosen(r.get("model_settings", ""))}
 
 
 def report(found: dict, split: str) -> tuple[list[str], list[tuple[str, bool]]]:
@@ -97,11 +106,15 @@ def main(argv=None) -> int:
     parser.add_argument("--data", default="synthetic")
     parser.add_argument("--split", default="val")
     parser.add_argument("--limit", type=int, default=100, help="the runs' data.limit (0 = all images)")
+    parser.add_argument("--model-settings", default=None,
+                        help="the runs of other weights: text their model settings contain, e.g. weights=deep16 "
+                             "(default: the model's default settings)")
     parser.add_argument("--out", type=Path, default=Path("outputs/tables/realism.md"))
     args = parser.parse_args(argv)
-    found = collect(load_runs(args.runs), args.model, args.data, args.split, args.limit or None)
+    found = collect(load_runs(args.runs), args.model, args.data, args.split, args.limit or None, args.model_settings)
     lines, checks = report(found, args.split)
-    title = (f"# Testbed realism: {args.model} on {args.data} {args.split}"
+    title = (f"# Testbed realism: {args.model}{f' [{args.model_settings}]' if args.model_settings else ''} "
+             f"on {args.data} {args.split}"
              + (f" (first {args.limit} images)" if args.limit else ""))
     text = "\n".join([title, "", "Retention = pruned / unpruned; GLaMM's from the ALTP paper's Tables 1 and 3.",
                       "", *lines]) + "\n"

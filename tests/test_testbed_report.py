@@ -50,3 +50,19 @@ def test_missing_unpruned_run_says_how_to_make_it(report, tmp_path):
     write_run(tmp_path, "fastv", 0.1, 0.4, 0.5)
     with pytest.raises(SystemExit, match="sweep=realism"):
         report.main(["--runs", str(tmp_path), "--out", str(tmp_path / "r.md")])
+
+
+def test_model_settings_select_other_weights(report, tmp_path):
+    """Runs of model.weights=DIR live under tiny_gcg[weights=...]: left out by default,
+    chosen with --model-settings; the default-weights runs are then left out."""
+    write_run(tmp_path / "tiny_gcg", "none", 1.0, 0.70, 0.80, 1.0)
+    write_run(tmp_path / "tiny_gcg", "fastv", 0.1, 0.40, 0.50, 0.25)
+    other = tmp_path / "tiny_gcg[weights=deep16-abc123]"
+    write_run(other, "none", 1.0, 0.60, 0.90, 1.0)
+    write_run(other, "fastv", 0.1, 0.30, 0.45, 0.20)
+    out = tmp_path / "r.md"
+    report.main(["--runs", str(tmp_path), "--out", str(out)])
+    assert "| fastv | 0.1 | 25.0 % | 0.57 (0.45)" in out.read_text()
+    report.main(["--runs", str(tmp_path), "--out", str(out), "--model-settings", "weights=deep16"])
+    text = out.read_text()
+    assert "| fastv | 0.1 | 20.0 % | 0.50 (0.45)" in text and "[weights=deep16]" in text.splitlines()[0]
