@@ -21,8 +21,8 @@ from pathlib import Path
 
 import torch
 
+from altp.models.base import resolve_dtype
 from altp.models.errors import CheckpointError, collect_warnings, raise_problems, warn_unexpected
-from altp.models.glamm.model import resolve_dtype
 from altp.models.omg_llava import convnext, mask2former, pixel_decoder
 from altp.models.omg_llava.internlm2 import load_internlm2_llama, read_state
 from altp.models.omg_llava.model import ObjectPixelProjector, OMGLLaVA, text_to_vision
