@@ -74,6 +74,7 @@ class DDCOnly(Pruner):
     """Table 3's "Only DDC": SLIC regions, one keep ratio r = budget / n for every region."""
 
     name = "ddc"
+    uses_image = True  # SLIC regions of the image (done in select when prepare() did not run)
 
     def __init__(self, keep: float = 1.0, layer: int = 2, position_policy: str = "original",
                  seed: int = 0, n_segments: int = 10, compactness: float = 5.0,
@@ -89,7 +90,6 @@ class DDCOnly(Pruner):
             raise ValueError("need n_segments >= 1, compactness > 0 and sigma >= 0")
         self.n_segments, self.compactness, self.sigma = n_segments, compactness, sigma
         self.importance, self.slic_mode = importance, slic_mode
-        self.needs = frozenset({"image"} if importance == "none" else {"image", "importance"})
 
     def regions(self, image: np.ndarray, grid: tuple[int, int]) -> Capture:
         """DDC (Eq. 2) for one image."""

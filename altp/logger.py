@@ -75,6 +75,7 @@ class WandbLogger(NullLogger):
             config = OmegaConf.to_container(cfg, resolve=True, throw_on_missing=False)
         except Exception:  # noqa: BLE001 - the unresolved config is still worth having
             config = OmegaConf.to_container(cfg, resolve=False)
+        config.pop("_preset", None)  # the presets as written (altp.run_identity), not settings
         run = self._start(name=run_name(metrics), group=self.settings.get("group") or sweep_group(),
                           job_type="run", config={**config, "run_dir": metrics.get("run_dir")})
         if run is None:

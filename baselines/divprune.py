@@ -48,7 +48,6 @@ def max_min_diverse(features: torch.Tensor, k: int) -> torch.Tensor:
 
 class DivPrune(Pruner):
     name = "divprune"
-    needs = frozenset({"hidden"})
 
     def __init__(self, keep: float = 1.0, layer: int = 0, position_policy: str = "renumber",
                  seed: int = 0):

@@ -21,7 +21,6 @@ from altp.pruning import IMPORTANCE_SIGNALS, PruneContext, Pruner, topk_sorted
 
 class FastV(Pruner):
     name = "fastv"
-    needs = frozenset({"importance"})
 
     def __init__(self, keep: float = 1.0, layer: int = 2, importance: str = "attn_prev",
                  position_policy: str = "original", seed: int = 0):

@@ -42,7 +42,6 @@ def lattice_cells(budget: int, rows: int, cols: int) -> torch.Tensor:
 
 class SpatialPool(Pruner):
     name = "pool"
-    needs = frozenset()  # grid positions only (always in the context)
 
     def select(self, ctx: PruneContext) -> torch.Tensor:
         rows, cols = ctx.grid

@@ -22,7 +22,6 @@ from altp.pruning import PruneContext, Pruner
 
 class RandomKeep(Pruner):
     name = "random"
-    needs = frozenset()  # no model signal: the seed decides
 
     def select(self, ctx: PruneContext) -> torch.Tensor:
         # a CPU generator: the same permutation on every device
