@@ -67,8 +67,7 @@ class GCGModel(nn.Module):
 
     @property
     def llm_shape(self) -> LLMShape:
-        config = self.llm.config
-        return LLMShape(len(self.llm.model.layers), config.hidden_size, config.intermediate_size)
+        return llm_shape(self.llm)
 
     @property
     def device(self) -> torch.device:
@@ -124,11 +123,21 @@ def interface_problems(model) -> list[str]:
     grid = getattr(model, "grid", None)
     if not (isinstance(grid, tuple) and len(grid) == 2 and all(isinstance(n, int) and n > 0 for n in grid)):
         problems.append(f"grid={grid!r} is not (rows, cols)")
-    try:
-        model.llm_shape  # noqa: B018 - the LLM must have the shape the engine runs
-    except AttributeError as err:
-        problems.append(f"llm is not a LlamaForCausalLM-shaped model ({err})")
+    llm = getattr(model, "llm", None)
+    if llm is None:
+        problems.append("no llm (the causal LM the engine runs)")
+    else:
+        try:
+            llm_shape(llm)
+        except AttributeError as err:
+            problems.append(f"llm is not a LlamaForCausalLM-shaped model ({err})")
     return problems
+
+
+def llm_shape(llm: nn.Module) -> LLMShape:
+    """The shape of a ``LlamaForCausalLM``-shaped model (what the engine runs)."""
+    config = llm.config
+    return LLMShape(len(llm.model.layers), config.hidden_size, config.intermediate_size)
 
 
 def decode_answer(out, b: int, detokenize: Callable[[list[int]], str], stop_ids: int | Iterable[int],
