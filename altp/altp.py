@@ -25,7 +25,8 @@ e.g. cross-attention or self-attention magnitude"):
   scripts/bench_altp.py (mean K 2.4; sigma = 1: 6-8 %, mean K 5.6), where ALTP is FastV (the
   paper's Table 4 N = 3 regime). sigma = 1 is also what scikit-image's gallery uses for SLIC
   (plot_segmentations). ``pruner.sigma=0`` gives the library default.
-* ``slic_mode`` defaults to ``literal`` (DESIGN.md rule 5): ``fast`` (ddc.py) is ~15-30x
+* ``slic_mode`` defaults to ``literal`` (a fast path is the default only if the metrics do not
+  suffer, and that is not shown): ``fast`` (ddc.py) is ~15-30x
   cheaper, but its kept sets overlap the literal ones by a mean Jaccard of only ~0.8 (about as
   far as a global top-k is from literal ALTP), below the 0.9 we ask before trusting it without
   GCG metrics (scripts/bench_altp.py).

@@ -6,7 +6,7 @@ pruning stage, which tokens exist, their position ids, the attention mask and ea
 cache. Every layer keeps SDPA: importance is recomputed from q/k projections (one query row),
 never read from an attention matrix.
 
-Semantics (README, "Pruners"):
+Semantics:
 
 * a pruner acting at layer K replaces the hidden states entering layer K by the kept subset;
   layers < K saw every token, layers >= K see the kept ones (K = 0: before the LLM);

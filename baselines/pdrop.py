@@ -2,7 +2,7 @@
 
 Reference: Cooperx521/PyramidDrop@6444f30, ``llava/model/modeling_llama_pdrop.py``
 (``pdrop_forward``, ``pdrop_rank_drop``) and ``llava/eval/model_vqa_loader.py``
-(reference/pruning_methods.md §2). At each stage layer l, the input of layer l is ranked by the
+(docs/upstream/pruning_methods.md §2). At each stage layer l, the input of layer l is ranked by the
 attention of the last prompt token computed with layer l's own q/k (PDrop's "rank_layer"
 recomputation, our ``attn_next``), and stage s keeps int(N * lambda^s) of the ORIGINAL N visual
 tokens; positions are renumbered contiguously after each drop (PDrop), configurable.

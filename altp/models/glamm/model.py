@@ -212,7 +212,7 @@ def load_glamm(checkpoint: str, clip: str, dtype: str = "auto", device: str = "a
     with collect_warnings() as notes:
         parts, config = load_parts(folder, clip_config.hidden_size, torch_dtype, round_bf16=rounded)
         tokenizer = load_tokenizer(folder)
-        seg = tokenizer.convert_tokens_to_ids("[SEG]")  # not tokenizer("[SEG]")[0]: glamm.md §1.5
+        seg = tokenizer.convert_tokens_to_ids("[SEG]")  # not tokenizer("[SEG]")[0]: docs/upstream/glamm.md §1.5
         if seg is None or seg == tokenizer.unk_token_id:
             raise CheckpointError(f"GLaMM tokenizer in {folder} has no [SEG] token")
         clip_model = load_clip(clip_folder, torch.bfloat16 if rounded else torch_dtype)

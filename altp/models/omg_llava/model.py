@@ -1,6 +1,6 @@
 """OMG-LLaVA GCG inference (``omg_llava/tools/gcg_omg_seg_llava.py``) through our engine.
 
-Per batch of images (shared/reference/omg_llava.md §1-3):
+Per batch of images (docs/upstream/omg_llava.md §1-3):
 
 1. pad to a square with the CLIP mean colour (centred), bicubic resize to 1024, CLIP
    mean/std (§3.2);
