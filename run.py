@@ -10,6 +10,7 @@ Under torchrun (``torchrun --standalone --nproc_per_node=N run.py ...``) every r
 
 import sys
 import traceback
+from pathlib import Path
 
 import hydra
 from hydra.core.hydra_config import HydraConfig
@@ -21,6 +22,8 @@ from altp.distributed import from_env
 from altp.failures import EXIT_BUSY, EXIT_CONFIG, USER_ERRORS, error_line
 from altp.runner import run
 from altp.sweep import record_job
+
+CONFIG_DIR = Path(__file__).resolve().parent / "configs"
 
 
 @hydra.main(version_base="1.3", config_path="configs", config_name="config")
@@ -49,5 +52,5 @@ def main(cfg: DictConfig) -> float | None:
 
 
 if __name__ == "__main__":
-    check_command_line(sys.argv[1:])
+    check_command_line(sys.argv[1:], CONFIG_DIR)
     main()

@@ -25,7 +25,8 @@ e.g. cross-attention or self-attention magnitude"):
   scripts/bench_altp.py (mean K 2.4; sigma = 1: 6-8 %, mean K 5.6), where ALTP is FastV (the
   paper's Table 4 N = 3 regime). sigma = 1 is also what scikit-image's gallery uses for SLIC
   (plot_segmentations). ``pruner.sigma=0`` gives the library default.
-* ``slic_mode`` defaults to ``literal`` (DESIGN.md rule 5): ``fast`` (ddc.py) is ~15-30x
+* ``slic_mode`` defaults to ``literal`` (a fast path is the default only if the metrics do not
+  suffer, and that is not shown): ``fast`` (ddc.py) is ~15-30x
   cheaper, but its kept sets overlap the literal ones by a mean Jaccard of only ~0.8 (about as
   far as a global top-k is from literal ALTP), below the 0.9 we ask before trusting it without
   GCG metrics (scripts/bench_altp.py).
@@ -74,6 +75,7 @@ class DDCOnly(Pruner):
     """Table 3's "Only DDC": SLIC regions, one keep ratio r = budget / n for every region."""
 
     name = "ddc"
+    uses_image = True  # SLIC regions of the image (done in select when prepare() did not run)
 
     def __init__(self, keep: float = 1.0, layer: int = 2, position_policy: str = "original",
                  seed: int = 0, n_segments: int = 10, compactness: float = 5.0,
@@ -89,7 +91,6 @@ class DDCOnly(Pruner):
             raise ValueError("need n_segments >= 1, compactness > 0 and sigma >= 0")
         self.n_segments, self.compactness, self.sigma = n_segments, compactness, sigma
         self.importance, self.slic_mode = importance, slic_mode
-        self.needs = frozenset({"image"} if importance == "none" else {"image", "importance"})
 
     def regions(self, image: np.ndarray, grid: tuple[int, int]) -> Capture:
         """DDC (Eq. 2) for one image."""

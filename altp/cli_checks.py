@@ -20,9 +20,7 @@ from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.types import RunMode
 
 from altp.errors import ConfigError
-from altp.runner import validate
-
-CONFIG_DIR = Path(__file__).resolve().parents[1] / "configs"
+from altp.validation import validate
 
 
 def task_overrides(argv: list[str]) -> list[str]:
@@ -62,9 +60,10 @@ def one_line(error: BaseException) -> str:
     return text
 
 
-def check_command_line(argv: list[str]) -> None:
+def check_command_line(argv: list[str], config_dir: Path) -> None:
+    """``config_dir``: the app's config folder (run.py's ``configs/``)."""
     try:
-        with initialize_config_dir(version_base="1.3", config_dir=str(CONFIG_DIR), job_name="check"):
+        with initialize_config_dir(version_base="1.3", config_dir=str(config_dir), job_name="check"):
             jobs, multirun = sweep_jobs(argv)
             for number, overrides in enumerate(jobs):
                 cfg = compose("config", overrides=overrides)

@@ -17,7 +17,7 @@ Pure numpy functions, from SLIC regions to the kept token set:
 * ``select_tokens``: inside region k keep its allocation[k] most important tokens; the ceils
   overshoot the budget by less than one token per region, and that excess is trimmed by
   importance (the least important kept tokens go first) so every method keeps exactly the
-  budget (DESIGN.md). The trim takes a region's most important token last, so every region
+  budget (``altp.pruning.visual_budget``: methods are compared at equal token counts). The trim takes a region's most important token last, so every region
   with a token keeps one whenever the budget allows it (budget >= number of such regions), as
   the paper's ceil intends ("each superpixel region retains at least a fraction of its
   tokens"). An allocation short of the budget is filled with the most important unkept tokens.

@@ -6,7 +6,7 @@ pruning stage, which tokens exist, their position ids, the attention mask and ea
 cache. Every layer keeps SDPA: importance is recomputed from q/k projections (one query row),
 never read from an attention matrix.
 
-Semantics (DESIGN.md "The pruning engine"):
+Semantics:
 
 * a pruner acting at layer K replaces the hidden states entering layer K by the kept subset;
   layers < K saw every token, layers >= K see the kept ones (K = 0: before the LLM);
@@ -256,7 +256,7 @@ class PruningEngine:
                  return_logits: bool = False) -> GenerationOutput:
         """Pruned prefill, then greedy decoding until every sample produced one of
         ``eos_token_id`` (an id or a list: InternLM2 stops at ``</s>`` and ``<|im_end|>``)."""
-        if "image" in self.pruner.needs and inputs.images is None:
+        if self.pruner.uses_image and inputs.images is None:
             raise ValueError(f"pruner {self.pruner.name!r} needs the image, but the model gave none")
         clock = Clock(inputs.inputs_embeds.device)
         t0 = clock()

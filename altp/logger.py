@@ -19,6 +19,8 @@ import numpy as np
 import torch
 from omegaconf import DictConfig, OmegaConf
 
+from altp.run_identity import PRESETS
+
 _WARNED = False
 PALETTE = np.array([(0.12, 0.47, 0.71), (1.0, 0.5, 0.05), (0.17, 0.63, 0.17), (0.84, 0.15, 0.16),
                     (0.58, 0.4, 0.74), (0.55, 0.34, 0.29), (0.89, 0.47, 0.76), (0.09, 0.75, 0.81)])
@@ -75,6 +77,7 @@ class WandbLogger(NullLogger):
             config = OmegaConf.to_container(cfg, resolve=True, throw_on_missing=False)
         except Exception:  # noqa: BLE001 - the unresolved config is still worth having
             config = OmegaConf.to_container(cfg, resolve=False)
+        config.pop(PRESETS, None)  # the presets as written (altp.run_identity), not settings
         run = self._start(name=run_name(metrics), group=self.settings.get("group") or sweep_group(),
                           job_type="run", config={**config, "run_dir": metrics.get("run_dir")})
         if run is None:

@@ -106,8 +106,7 @@ class Loader:
     def __init__(self, split, ids: list[str], model, pruner, prefetch: bool, workers: int = 1,
                  depth: int = 4):
         self.split, self.ids, self.model, self.pruner = split, ids, model, pruner
-        # without an encoder view the model cannot say what its encoder sees: select does it
-        self.prepare = prefetch and pruner.prepares_images and hasattr(model, "encoder_view")
+        self.prepare = prefetch and pruner.prepares_images
         self.workers, self.depth = max(1, workers), max(1, depth)
         self._pool = ThreadPoolExecutor(self.workers, thread_name_prefix="altp-load") if prefetch else None
 

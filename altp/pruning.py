@@ -7,8 +7,11 @@ A pruner is a small object the engine consults during prefill. It declares
 * ``stage_budgets(n_visual)``: how many visual tokens survive each of those stages;
 * ``position_policy``: ``"original"`` (kept tokens keep their position ids, FastV) or
   ``"renumber"`` (positions are made contiguous again, PyramidDrop);
-* ``needs``: which inputs ``select`` reads (``image``, ``importance``, ``hidden``, ``keys``,
-  ``prev_keys``),
+* ``uses_image``: whether ``select`` reads the image (``ctx.images``; the engine refuses a model
+  that gives none); every other input (importance, hidden states, keys) is computed on demand
+  when ``select`` asks the context for it;
+* ``uses_keep``: whether the kept tokens depend on ``keep`` (not for ``none`` or PDrop's fixed
+  schedule: the runner then makes one run, named keep1, instead of one per keep),
 
 and implements ``select(ctx) -> LongTensor[B, budget]``: for every sample, which of the
 *current* visual tokens to keep. The engine does the rest uniformly (gather, positions, masks,
@@ -116,7 +119,7 @@ class Pruner:
     """Base class: one stage at ``layer``. Subclasses set ``name`` and implement ``select``."""
 
     name = ""
-    needs: frozenset[str] = frozenset()
+    uses_image = False  # select reads ctx.images
 
     def __init__(self, keep: float = 1.0, layer: int = 2, position_policy: str = "original",
                  seed: int = 0):
@@ -133,6 +136,11 @@ class Pruner:
     @property
     def layers(self) -> tuple[int, ...]:
         return (self.layer,)
+
+    @property
+    def uses_keep(self) -> bool:
+        """Whether ``keep`` changes which tokens are kept (False: every keep gives the same run)."""
+        return True
 
     def stage_budgets(self, n_visual: int) -> list[int]:
         """Visual tokens kept after each stage in ``layers`` (single stage: floor(keep * N))."""
@@ -157,6 +165,18 @@ class Pruner:
         return {"layers": list(self.layers), "position_policy": self.position_policy}
 
 
+def build_pruner(node) -> Pruner:
+    """The pruner a config node describes (``configs/pruner/<name>.yaml`` as composed): Hydra's
+    ``instantiate`` without the node's ``name``, which names the preset (and the run), not a
+    constructor argument."""
+    from hydra.utils import instantiate
+    from omegaconf import OmegaConf
+
+    fields = OmegaConf.to_container(node, resolve=True) if OmegaConf.is_config(node) else dict(node)
+    fields.pop("name", None)
+    return instantiate(fields)
+
+
 def topk_sorted(scores: torch.Tensor, k: int) -> torch.Tensor:
     """Indices of the k largest scores per row, ascending (so kept tokens stay in order).
 
@@ -174,3 +194,7 @@ class NoPruning(Pruner):
     @property
     def layers(self) -> tuple[int, ...]:
         return ()
+
+    @property
+    def uses_keep(self) -> bool:
+        return False

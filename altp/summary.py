@@ -46,8 +46,8 @@ def summarise(cfg, name: str, pruner, model, split, run_dir: Path, scores: dict,
     batches = [b for records in per_file for b in records]
     failed = {e["image_id"] for path in record_files(run_dir, "errors") for e in read_jsonl(path)}
     failed -= {p.stem for p in (run_dir / "predictions").glob("*.json")}
-    n_visual = model.n_visual
-    llm = model.llm.config
+    n_visual = model.n_visual  # the model interface (altp.models.base.GCGModel)
+    llm = model.llm_shape
     kept_tokens = pruner.stage_budgets(n_visual) if pruner.layers else [n_visual]
     schedule = batches[0]["tokens_per_layer"] if batches else []
     # the unpruned prompt length: layer 0 may already run on fewer tokens (K = 0 pruners)
@@ -59,14 +59,14 @@ def summarise(cfg, name: str, pruner, model, split, run_dir: Path, scores: dict,
         "kept_tokens": kept_tokens,
         "prune_layers": list(pruner.layers), "n_images": len(split), "n_failed": len(failed),
         **{k: scores[k] for k in SCORES},
-        "flops_ratio": flops_ratio(schedule, full, llm.hidden_size, llm.intermediate_size) if schedule else None,
+        "flops_ratio": flops_ratio(schedule, full, llm.hidden, llm.ffn) if schedule else None,
         "tokens_per_layer": schedule,
         "visual_per_layer": batches[0]["visual_per_layer"] if batches else [],
         "timing": timing_summary(per_file, ranks),
         "similarity_model": scores["similarity_model"], "similarity": scores["similarity"],
         "evaluation": {k: v for k, v in scores.items() if k not in SCORES},
-        "model_deviations": getattr(model, "deviations", {}),
-        "device": str(model.llm.device), "dtype": str(model.llm.dtype), "batch_size": cfg.batch_size,
+        "model_deviations": model.deviations,
+        "device": str(model.device), "dtype": str(model.dtype), "batch_size": cfg.batch_size,
         "max_new_tokens": cfg.max_new_tokens, "torch": torch.__version__, "run_dir": str(run_dir),
     }
 

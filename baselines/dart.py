@@ -41,7 +41,6 @@ REFERENCE = "ZichenWen1/DART@5a19452 llava/model/language_model/modeling_llama_s
 
 class DART(Pruner):
     name = "dart"
-    needs = frozenset({"prev_keys", "hidden"})
 
     def __init__(self, keep: float = 1.0, layer: int = 2, n_pivots: int = 4, n_text_pivots: int = 4,
                  position_policy: str = "original", seed: int = 0):

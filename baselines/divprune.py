@@ -1,7 +1,7 @@
 """DivPrune: keep a maximally diverse subset of the projected visual tokens (max-min diversity).
 
 Reference: vbdi/divprune@799e2d9, ``LLaVA/llava/model/llava_arch.py`` (``DivPrune``, applied in
-``prepare_inputs_labels_for_multimodal`` with ``LAYER_INDEX=0``); reference/pruning_methods.md
+``prepare_inputs_labels_for_multimodal`` with ``LAYER_INDEX=0``); docs/upstream/pruning_methods.md
 §4.4. On the projected visual tokens (the LLM's input embeddings, our layer 0), with cosine
 distances 1 - cos(x_i, x_j): the first token is the one whose nearest neighbour (itself
 excluded) is farthest; then, greedily, the token whose minimum distance to the selected set is
@@ -48,7 +48,6 @@ def max_min_diverse(features: torch.Tensor, k: int) -> torch.Tensor:
 
 class DivPrune(Pruner):
     name = "divprune"
-    needs = frozenset({"hidden"})
 
     def __init__(self, keep: float = 1.0, layer: int = 0, position_policy: str = "renumber",
                  seed: int = 0):

@@ -2,7 +2,7 @@
 
 Reference: pkunlp-icler/FastV@d165972, ``src/transformers/src/transformers/models/llama/
 modeling_llama.py`` (``LlamaModel.forward``, "inplace" path) and the HF port's ``fastv_forward``
-(reference/pruning_methods.md §1). As in that code (not the paper's "attention received from all
+(docs/upstream/pruning_methods.md §1). As in that code (not the paper's "attention received from all
 tokens"), the score is layer K-1's attention row of the last prompt token, averaged over heads;
 the top ``budget`` visual tokens enter layer K with their original position ids.
 
@@ -21,7 +21,6 @@ from altp.pruning import IMPORTANCE_SIGNALS, PruneContext, Pruner, topk_sorted
 
 class FastV(Pruner):
     name = "fastv"
-    needs = frozenset({"importance"})
 
     def __init__(self, keep: float = 1.0, layer: int = 2, importance: str = "attn_prev",
                  position_policy: str = "original", seed: int = 0):

@@ -2,7 +2,7 @@
 
 Reference: Cooperx521/PyramidDrop@6444f30, ``llava/model/modeling_llama_pdrop.py``
 (``pdrop_forward``, ``pdrop_rank_drop``) and ``llava/eval/model_vqa_loader.py``
-(reference/pruning_methods.md §2). At each stage layer l, the input of layer l is ranked by the
+(docs/upstream/pruning_methods.md §2). At each stage layer l, the input of layer l is ranked by the
 attention of the last prompt token computed with layer l's own q/k (PDrop's "rank_layer"
 recomputation, our ``attn_next``), and stage s keeps int(N * lambda^s) of the ORIGINAL N visual
 tokens; positions are renumbered contiguously after each drop (PDrop), configurable.
@@ -68,7 +68,6 @@ def match_fastv_lambda(keep: float, n_visual: int, layers: tuple[int, ...], fast
 
 class PyramidDrop(Pruner):
     name = "pdrop"
-    needs = frozenset({"importance"})
 
     def __init__(self, keep: float = 1.0, schedule: str = "fixed",
                  layer_list: Sequence[int] = (8, 16, 24), lam: float = 0.5, fastv_layer: int = 2,
@@ -101,6 +100,10 @@ class PyramidDrop(Pruner):
     def layers(self) -> tuple[int, ...]:
         return self._layers
 
+    @property
+    def uses_keep(self) -> bool:
+        return self.schedule == "match_fastv"  # fixed: PDrop's own [8,16,24], lambda 0.5 at any keep
+
     def stage_lambda(self, n_visual: int) -> float:
         if self.schedule == "fixed":
             return self.lam
@@ -117,7 +120,7 @@ class PyramidDrop(Pruner):
 
     def describe(self) -> dict:
         info = super().describe() | {"schedule": self.schedule, "importance": self.importance,
-                                     "keep_used": self.schedule == "match_fastv"}
+                                     "keep_used": self.uses_keep}
         if self.schedule == "fixed":
             return info | {"lambda": self.lam}
         return info | {"fastv_layer": self.layer, "flops_shape": {

@@ -1,6 +1,6 @@
 """Spatially uniform selection: keep the tokens nearest to an even lattice over the token grid.
 
-Reference: the pooling / spatial-downsampling sanity baselines of reference/pruning_methods.md
+Reference: the pooling / spatial-downsampling sanity baselines of docs/upstream/pruning_methods.md
 §4.9 (UniPruneBench ``Pool_PreLLM``, TianfanPeng/VLMUniPruneBench@f93768f; the uniform spatial
 samples of PruMerge+ and VisionZip's contextual targets). On LLaVA's 24x24 grid a 2x2 pooling
 gives 144 tokens, which this pruner reproduces as one token per 2x2 block.
@@ -42,7 +42,6 @@ def lattice_cells(budget: int, rows: int, cols: int) -> torch.Tensor:
 
 class SpatialPool(Pruner):
     name = "pool"
-    needs = frozenset()  # grid positions only (always in the context)
 
     def select(self, ctx: PruneContext) -> torch.Tensor:
         rows, cols = ctx.grid

@@ -2,7 +2,7 @@
 
 Reference: FastV's mask path with K=0 (pkunlp-icler/FastV@d165972, ``modeling_llama.py``) and
 LightCompress's ``RandomPrune`` (ModelTC/LightCompress@9701d035, ``llmc/compression/
-token_reduction/random.py``); reference/pruning_methods.md §4.9. Uniformly random ``budget``
+token_reduction/random.py``); docs/upstream/pruning_methods.md §4.9. Uniformly random ``budget``
 visual tokens, original positions, at layer 2 by default so its FLOPs equal FastV's (``layer: 0``
 prunes before the LLM).
 
@@ -22,7 +22,6 @@ from altp.pruning import PruneContext, Pruner
 
 class RandomKeep(Pruner):
     name = "random"
-    needs = frozenset()  # no model signal: the seed decides
 
     def select(self, ctx: PruneContext) -> torch.Tensor:
         # a CPU generator: the same permutation on every device

@@ -1,7 +1,7 @@
 """Caption metrics of the GCG protocol: what pycocoevalcap's ``COCOEvalCap.evaluate`` computes.
 
 ``groundingLMM eval/gcg/evaluate.py`` runs ``COCOEvalCap`` over every predicted image
-(``shared/reference/grandf_eval.md`` §2.2): PTBTokenizer on references and candidates, then
+(``docs/upstream/grandf_eval.md`` §2.2): PTBTokenizer on references and candidates, then
 Bleu(4), METEOR 1.5, ROUGE_L, CIDEr (and SPICE). We call the same scorers with three changes in
 mechanics, none in numbers:
 

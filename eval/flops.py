@@ -7,7 +7,7 @@ Per decoder layer with n tokens, hidden size d and FFN size m (FastV Eq. 5, Pyra
 and a schedule's ratio to the unpruned model is  sum_l f(n_l) / (L * f(n_full)).  n counts the
 text tokens as well as the visual ones (text is never pruned): with ~36 text tokens this
 reproduces the quoted 20/33/55 % for FastV K=2 on LLaVA-1.5-7B / GLaMM
-(reference/pruning_methods.md §3.2). Like the references, the formula counts two FFN matrices
+(docs/upstream/pruning_methods.md §3.2). Like the references, the formula counts two FFN matrices
 and ignores the vision encoder, the LM head and the pruners' own overhead.
 
     python -m eval.flops --hidden 4096 --ffn 11008 --layers 32 --visual 576 --text 36 \

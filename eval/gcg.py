@@ -4,7 +4,7 @@
         [--similarity-model /path/to/bert-base-uncased] [--similarity mean_pool|bert_score]
 
 prints one JSON object. It follows ``groundingLMM eval/gcg/evaluate.py`` (protocol in
-``shared/reference/grandf_eval.md`` §2, prediction format §3): one ``<image_id>.json`` per GT
+``docs/upstream/grandf_eval.md`` §2, prediction format §3): one ``<image_id>.json`` per GT
 image, flat ``{caption, phrases, pred_masks}`` or nested under one key, scored over every image
 of the caption GT. Values are fractions (0..1), unrounded. Differences from the reference:
 

@@ -1,7 +1,7 @@
 """Mask metrics of the GranD-f GCG protocol: AP50, greedy mIoU and greedy mask recall.
 
 Each function reproduces one piece of ``groundingLMM eval/gcg/evaluate.py``
-(``shared/reference/grandf_eval.md`` §2.1, §2.3, §2.4); the docstrings say which and where we
+(``docs/upstream/grandf_eval.md`` §2.1, §2.3, §2.4); the docstrings say which and where we
 differ in mechanics only. IoUs come from pycocotools' RLE arithmetic instead of decoding masks:
 intersection and union are the same integer pixel counts, so the quotient is the same float.
 """

@@ -1,4 +1,4 @@
-"""The ALTP paper's reported numbers (reference/altp_paper.txt, Tables 1-4), x100 as printed.
+"""The ALTP paper's reported numbers (Bai et al., "Local Information Matters", Tables 1-4), x100 as printed.
 
 Keys: (method, keep) -> {split: {metric: value}}; ``none`` is the paper's "Upper Bound" row.
 Table 1 also gives FLOPs (%). Table 2's upper bound for OMG-LLaVA is printed as "Retain 576

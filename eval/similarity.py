@@ -1,4 +1,4 @@
-"""Phrase similarity for GCG mask recall (``shared/reference/grandf_eval.md`` §2.4).
+"""Phrase similarity for GCG mask recall (``docs/upstream/grandf_eval.md`` §2.4).
 
 ``mean_pool`` is GLaMM's ``get_bert_embedding`` + ``text_similarity_bert``
 (``groundingLMM eval/gcg/evaluate.py``): ``tokenizer(text, max_length=512, truncation=True)``

@@ -1,4 +1,4 @@
-"""ALTP selection overhead and fidelity of the fast SLIC path (DESIGN.md, ALTP rule 5).
+"""ALTP selection overhead and fidelity of the fast SLIC path (``pruner.slic_mode``, altp/altp.py).
 
 For images as an encoder would see them (synthetic scenes from altp.data.synthetic plus
 scikit-image's photographs, centre-cropped and area-resized), at each size:

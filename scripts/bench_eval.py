@@ -2,7 +2,7 @@
 
     python scripts/bench_eval.py [--n 2600] [--repeats 3] [--seed 0] [--json]
 
-Builds a random split the size of GranD-f val (2.6k images, ``shared/reference/grandf_eval.md``
+Builds a random split the size of GranD-f val (2.6k images, ``docs/upstream/grandf_eval.md``
 §1.2): images of 320x320 to 640x480, 3-5 ellipse or box masks each, captions naming the
 phrases. Predictions perturb it the way a model errs: shifted and grown masks, a dropped or an
 extra phrase with its mask, swapped caption words, and a few missing files. Every repeat runs

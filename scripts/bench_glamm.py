@@ -1,4 +1,4 @@
-"""GLaMM-GCG speed at full size with random weights (glamm.md §4): ours versus GLaMM's procedure.
+"""GLaMM-GCG speed at full size with random weights (docs/upstream/glamm.md §4): ours versus GLaMM's procedure.
 
 Shapes: Vicuna-7B (32 x 4096, FFN 11008, vocab 32007), CLIP ViT-L/14-336, SAM ViT-H at 1024 px,
 bf16 on a GPU; the prompt is the 83-id reference prompt (658 prefill tokens). Weights are random:

@@ -1,4 +1,4 @@
-"""OMG-LLaVA GCG speed at full size with random weights (omg_llava.md §1, issue 7).
+"""OMG-LLaVA GCG speed at full size with random weights (docs/upstream/omg_llava.md §1, issue 7).
 
 Shapes: ConvNeXt-L at 1024 px, the 6-layer deformable pixel decoder, the 9-layer 300-query
 Mask2Former decoder (133 classes), the projector, and InternLM2-chat-7B as Llama (32 x 4096,

@@ -28,7 +28,6 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from hydra.utils import instantiate
 from omegaconf import OmegaConf
 from skimage import data as skimage_data
 from skimage.transform import resize
@@ -37,6 +36,7 @@ from transformers import LlamaConfig, LlamaForCausalLM
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 from altp.engine import EngineInputs, PruningEngine  # noqa: E402
+from altp.pruning import build_pruner  # noqa: E402
 from eval.flops import flops_ratio  # noqa: E402
 
 HIDDEN, FFN, LAYERS, HEADS, TEXT_BEFORE, TEXT_AFTER, GRID = 1024, 2816, 8, 16, 20, 20, 24
@@ -79,23 +79,32 @@ def make_pruner(variant: str, overrides: list[str], keep: float):
     path = ROOT / "configs" / "pruner" / f"{variant.split('[')[0]}.yaml"
     cfg = OmegaConf.merge(OmegaConf.create({"keep": keep, "seed": 0}),
                           {"pruner": OmegaConf.load(path)}, {"pruner": OmegaConf.from_dotlist(overrides)})
-    return instantiate(cfg.pruner)
+    return build_pruner(cfg.pruner)
 
 
 def time_select_alone(pruner, seconds: list[float]) -> None:
-    """Wrap ``pruner.select``: inputs it reads from the model first, then time select itself."""
+    """Wrap ``pruner.select``: time select itself, without the model signals it asks the context
+    for (importance, keys: the context computes them from the model on first use)."""
     select = pruner.select
 
     def timed(ctx):
-        if "importance" in pruner.needs:
-            ctx.importance(getattr(pruner, "importance", "attn_prev"))
-        if "keys" in pruner.needs:
-            ctx.keys()
-        if "prev_keys" in pruner.needs:
-            ctx.prev_keys()
+        signals = [0.0]
+
+        def timed_signal(compute):
+            def wrapped(*args):
+                start = time.perf_counter()
+                try:
+                    return compute(*args)
+                finally:
+                    signals[0] += time.perf_counter() - start
+            return wrapped
+
+        for field in ("_importance", "_keys", "_prev_keys"):
+            if getattr(ctx, field) is not None:
+                setattr(ctx, field, timed_signal(getattr(ctx, field)))
         start = time.perf_counter()
         selected = select(ctx)
-        seconds.append(time.perf_counter() - start)
+        seconds.append(time.perf_counter() - start - signals[0])
         return selected
 
     pruner.select = timed

@@ -8,9 +8,9 @@ import statistics
 from pathlib import Path
 
 from hydra import compose, initialize_config_dir
-from hydra.utils import instantiate
 
 from altp.engine import Clock, PruningEngine
+from altp.pruning import build_pruner
 from eval.flops import flops_ratio
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
@@ -24,7 +24,7 @@ def pruner(name: str, keep: float, llm: dict, text_tokens: int, pdrop_layers: li
                  f"model.llm.text_tokens={text_tokens}",
                  f"model.llm.pdrop_layers=[{','.join(map(str, pdrop_layers))}]"]
     with initialize_config_dir(version_base="1.3", config_dir=str(CONFIGS)):
-        return instantiate(compose("config", overrides=overrides).pruner)
+        return build_pruner(compose("config", overrides=overrides).pruner)
 
 
 def median_ms(fn, repeats: int, clock: Clock) -> float:

@@ -29,19 +29,24 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 from hydra import compose, initialize_config_dir  # noqa: E402
-from hydra.utils import instantiate  # noqa: E402
 from matplotlib.patches import Patch  # noqa: E402
-from PIL import Image  # noqa: E402
 from skimage.segmentation import mark_boundaries  # noqa: E402
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from altp import runner  # noqa: E402
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+from altp import distributed  # noqa: E402
 from altp.altp import ALTP, DDCOnly  # noqa: E402
 from altp.cli_checks import one_line  # noqa: E402
 from altp.data.grandf import GranDfError, load_image  # noqa: E402
+from altp.data.prepare import prepare_split  # noqa: E402
 from altp.ddc import capture  # noqa: E402
 from altp.ddf import density_allocation, density_weights, region_density, uniform_allocation  # noqa: E402
 from altp.engine import PruningEngine  # noqa: E402
+from altp.errors import ConfigError  # noqa: E402
+from altp.models.loader import load_model  # noqa: E402
+from altp.pruning import build_pruner  # noqa: E402
+from altp.run_identity import effective_keep, pruner_name  # noqa: E402
+from altp.validation import validate  # noqa: E402
 
 
 def fail(message: str) -> None:
@@ -51,7 +56,7 @@ def fail(message: str) -> None:
 
 def compose_config(overrides: list[str]):
     try:
-        with initialize_config_dir(version_base="1.3", config_dir=str(runner.CONFIG_DIR), job_name="visualize"):
+        with initialize_config_dir(version_base="1.3", config_dir=str(ROOT / "configs"), job_name="visualize"):
             return compose("config", overrides=overrides)
     except Exception as err:  # noqa: BLE001 - every composition failure is a config error
         fail(one_line(err))
@@ -148,26 +153,27 @@ def main(argv: list[str]) -> None:
     options = {a.split("=", 1)[0]: a.split("=", 1)[1] for a in argv if a.startswith(("image=", "out="))}
     cfg = compose_config([a for a in argv if not a.startswith(("image=", "out="))])
     try:
-        runner.validate(cfg)
-        name = runner.pruner_name(cfg)
-        split = runner.prepare_split(cfg)
-    except (runner.ConfigError, GranDfError) as err:
+        validate(cfg)
+        name = pruner_name(cfg)
+        split = prepare_split(cfg)
+    except (ConfigError, GranDfError) as err:
         fail(str(err))
     image_id = options.get("image", split.images[0].image_id)
     if image_id not in {gt.image_id for gt in split}:
         fail(f"image={image_id}: not in {cfg.data.name}-{cfg.data.split}; "
              f"e.g. image={split.images[0].image_id}")
-    keep = runner.effective_keep(cfg, name)
+    keep = effective_keep(cfg)
     out = Path(options.get("out") or Path(cfg.output_root) / "figures"
                / f"{cfg.model.name}_{name}_keep{keep:g}_{image_id}.png")
-    model = runner.load_model(cfg, runner.pick_device(cfg.device)).eval()
-    pruner = instantiate(cfg.pruner)
+    try:
+        model = load_model(cfg, distributed.pick_device(cfg.device)).eval()
+    except ConfigError as err:
+        fail(str(err))
+    pruner = build_pruner(cfg.pruner)
     original = load_image(split.image_path(image_id))
     predictions, gen = model.predict([original], PruningEngine(model.llm, pruner), cfg.max_new_tokens)
-    size, grid = model.cfg.image_size, (model.cfg.grid, model.cfg.grid)
-    seen = np.asarray(original.resize((size, size), Image.BILINEAR), dtype=np.float32) / 255.0  # as predict
-    n_visual = grid[0] * grid[1]
-    kept = gen.kept_grid_index[-1][0].cpu().numpy() if gen.kept_grid_index else np.arange(n_visual)
+    seen, grid = model.encoder_view(original), tuple(model.grid)  # the image the pruner saw
+    kept = gen.kept_grid_index[-1][0].cpu().numpy() if gen.kept_grid_index else np.arange(model.n_visual)
     info = None
     if isinstance(pruner, DDCOnly):
         info = region_analysis(pruner, seen, grid, len(kept), kept)

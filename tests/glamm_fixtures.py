@@ -1,6 +1,6 @@
 """A tiny GLaMM-GCG checkpoint folder in the released layout, and a tiny CLIP folder.
 
-The GLaMM folder mirrors ``MBZUAI/GLaMM-GCG`` (glamm.md §1.3): ``config.json`` with GLaMM's
+The GLaMM folder mirrors ``MBZUAI/GLaMM-GCG`` (docs/upstream/glamm.md §1.3): ``config.json`` with GLaMM's
 fields, two ``pytorch_model-0000x-of-00002.bin`` shards + ``pytorch_model.bin.index.json``, LLM
 and projector in bf16, SAM and ``text_hidden_fcs`` in fp32, 4.28's ``rotary_emb.inv_freq`` keys,
 a few ``region_encoder`` tensors. SAM's keys are written from segment-anything's module tree
@@ -32,7 +32,7 @@ from altp.models.glamm.prompt import REFERENCE_IDS
 TINY = {"hidden": 32, "layers": 4, "heads": 4, "ffn": 64, "clip_width": 16}
 VOCAB = 32000  # LLaMA's pieces; GLaMM adds 7 tokens
 ADDED = ["<im_start>", "<im_end>", "<bbox>", "<point>", "[SEG]", "<p>", "</p>"]  # train.py order
-PIECES = {  # the real LLaMA pieces of the reference prompt (glamm.md §1.5) and of the scripted answer
+PIECES = {  # the real LLaMA pieces of the reference prompt (docs/upstream/glamm.md §1.5) and of the scripted answer
     13: "<0x0A>", 259: "▁▁", 263: "▁a", 268: "▁▁▁▁", 278: "▁the", 280: "le", 304: "▁to", 310: "▁of",
     319: "▁A", 322: "▁and", 362: "ation", 363: "▁for", 366: "▁you", 385: "▁an", 411: "▁with",
     450: "▁The", 568: "ite", 592: "▁me", 975: "▁over", 1001: "ER", 1006: "▁inter", 1234: "▁answer",
@@ -162,7 +162,7 @@ def _scripted_llm(seed: int) -> LlamaForCausalLM:
 
 
 def _glamm_config(clip_width: int) -> dict:
-    """GLaMM's config.json fields (glamm.md §1.3, inferred) at the tiny LLM's size."""
+    """GLaMM's config.json fields (docs/upstream/glamm.md §1.3, inferred) at the tiny LLM's size."""
     return {
         "architectures": ["GLaMMForCausalLM"], "model_type": "llava", "torch_dtype": "bfloat16",
         "transformers_version": "4.28.0.dev0", "vocab_size": VOCAB + len(ADDED),

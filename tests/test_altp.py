@@ -12,7 +12,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from hydra.utils import instantiate
 from llama_fixtures import embedded_batch, tiny_llama
 from omegaconf import OmegaConf
 
@@ -27,7 +26,7 @@ from altp.ddf import (
     water_fill,
 )
 from altp.engine import EngineInputs, PruningEngine
-from altp.pruning import NoPruning, visual_budget
+from altp.pruning import NoPruning, build_pruner, visual_budget
 
 LAYERS, STEPS, SIZE = 4, 2, 96
 GRIDS = [(24, 24), (16, 16)]
@@ -273,12 +272,12 @@ def test_bad_settings_raise(model):
 def test_config_instantiates(name):
     root = OmegaConf.merge(OmegaConf.create({"keep": 0.25, "seed": 0}),
                            {"pruner": OmegaConf.load(CONFIGS / f"{name}.yaml")})
-    pruner = instantiate(root.pruner)
+    pruner = build_pruner(root.pruner)
     assert type(pruner) is PRUNERS[name] and pruner.name == name and pruner.keep == 0.25
     described = pruner.describe()
     assert described["layers"] == [2] and described["slic_mode"] == "literal"
     assert ("alpha" in described) == (name == "altp")
-    assert pruner.needs == {"image", "importance"}
+    assert pruner.uses_image and pruner.uses_keep
 
 
 @pytest.mark.parametrize("name", sorted(PRUNERS))

@@ -11,12 +11,11 @@ from pathlib import Path
 
 import pytest
 import torch
-from hydra.utils import instantiate
 from llama_fixtures import embedded_batch, tiny_llama
 from omegaconf import OmegaConf
 
 from altp.engine import EngineInputs, PruningEngine
-from altp.pruning import NoPruning, PruneContext, Pruner, visual_budget
+from altp.pruning import NoPruning, PruneContext, Pruner, build_pruner, visual_budget
 from baselines.dart import DART
 from baselines.divprune import DivPrune, max_min_diverse
 from baselines.fastv import FastV
@@ -243,7 +242,7 @@ def test_dart_pivots_in_set_order_take_the_least_similar_tokens():
 def test_configs_instantiate(stem, policy):
     root = OmegaConf.create({"keep": 0.25, "seed": 7})
     cfg = OmegaConf.merge(root, {"pruner": OmegaConf.load(CONFIGS / f"{stem}.yaml")})
-    pruner = instantiate(cfg.pruner)
+    pruner = build_pruner(cfg.pruner)
     assert pruner.name == stem and pruner.position_policy == policy
     if stem != "none":
         assert pruner.keep == 0.25

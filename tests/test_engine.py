@@ -1,4 +1,4 @@
-"""The engine's correctness anchors (DESIGN.md "The pruning engine").
+"""The engine's correctness anchors (altp/engine.py, "Semantics").
 
 * keep = 1.0 reproduces the unpruned model (transformers' own forward, no cache) exactly;
 * dropping tokens equals a slow reference that keeps every token but masks the pruned key

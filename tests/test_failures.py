@@ -76,12 +76,12 @@ def test_cuda_on_cpu_torch_is_one_line_and_leaves_no_run_directory(tmp_path):
 
 def test_sweep_checks_every_job_before_the_first_starts(capsys):
     with pytest.raises(SystemExit) as stop:
-        check_command_line(["-m", "pruner=fastv", "keep=0.1,1.5"])
+        check_command_line(["-m", "pruner=fastv", "keep=0.1,1.5"], ROOT / "configs")
     assert stop.value.code == EXIT_CONFIG
     line, = capsys.readouterr().err.strip().splitlines()
     assert line.startswith("config error: sweep job 1 (keep=1.5): keep=1.5") and "no job was started" in line
     with pytest.raises(SystemExit):  # a preset's own grid is checked too, the command line overriding it
-        check_command_line(["sweep=table1", "data.split=train"])
+        check_command_line(["sweep=table1", "data.split=train"], ROOT / "configs")
     # the jobs Hydra's basic sweeper will launch, in its order
     with initialize_config_dir(version_base="1.3", config_dir=str(ROOT / "configs")):
         jobs, multirun = sweep_jobs(["sweep=table1", "keep=0.1"])

@@ -1,4 +1,4 @@
-"""eval.flops against the reference numbers of reference/pruning_methods.md §3.2 (LLaVA-1.5-7B /
+"""eval.flops against the reference numbers of docs/upstream/pruning_methods.md §3.2 (LLaVA-1.5-7B /
 GLaMM: d=4096, m=11008, 32 layers, 576 visual tokens), to the table's 0.1 % precision."""
 
 import json

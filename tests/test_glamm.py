@@ -74,7 +74,7 @@ def test_prompt_text_and_reference_positions():
 
 
 def test_tokenizer_mode_is_the_reference_plus_transformers5_space():
-    """transformers 5 keeps the space before <im_start> as '▁' (29871): glamm.md §1.5, 5.23 row."""
+    """transformers 5 keeps the space before <im_start> as '▁' (29871): docs/upstream/glamm.md §1.5, 5.23 row."""
     tokenizer = tiny_tokenizer()
     ids = build_prompt_ids(tokenizer, "tokenizer")
     assert ids == REFERENCE_IDS[:35] + [29871] + REFERENCE_IDS[35:]
@@ -272,7 +272,7 @@ def test_dtype_follows_the_device():
 
 
 def test_sam_key_mapping_at_vit_h_size():
-    """segment-anything ViT-H: 594 tensors, 641,090,864 parameters (glamm.md §1.3); every one maps
+    """segment-anything ViT-H: 594 tensors, 641,090,864 parameters (docs/upstream/glamm.md §1.3); every one maps
     to exactly one SamModel tensor of the same shape, and back."""
     shapes = sam_shapes(width=1280, depth=32, global_blocks=(7, 15, 23, 31), grid=64, patch=16, window=14,
                         heads=16, mlp=5120, out=256, decoder_mlp=2048, iou_hidden=256)
@@ -292,7 +292,7 @@ def test_sam_key_mapping_at_vit_h_size():
 def test_seg_state_is_glamms_one_position_shifted_gather(model):
     """Our engine's hidden[t] at a [SEG] step equals GLaMM's evaluate(): no cache, the whole
     sequence re-run, ``seg_mask = [False] * 575 + (sequences[1:] == seg)`` over the last step's
-    final-norm states (glamm.md §3.2 steps 5-6)."""
+    final-norm states (docs/upstream/glamm.md §3.2 steps 5-6)."""
     inputs = model.engine_inputs([scene()])
     out = PruningEngine(model.llm).generate(inputs, 16, eos_token_id=2)
     generated = out.tokens[0, :out.lengths[0]]

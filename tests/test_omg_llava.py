@@ -371,6 +371,8 @@ def test_retry_questions_ask_again_when_no_seg(model, monkeypatch):
     asked.clear()
     model.predict([scene(0)], PruningEngine(model.llm), 12)
     assert asked == [0] and model.retries == 6
+    model.begin_run()  # the runner, before each run: retries_run counts one run's retries
+    assert model.retries == 0 and model.deviations["retries_run"] == 0
 
 
 # --- end to end ----------------------------------------------------------------------------

@@ -7,6 +7,7 @@ the plumbing, not the scores. Synthetic data are generated into tmp on first use
 import hashlib
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -14,9 +15,10 @@ from pathlib import Path
 import pytest
 from hydra import compose, initialize_config_dir
 from llama_fixtures import save_random_tiny_gcg
+from omegaconf import OmegaConf
 from script_helpers import kill_and_resume
 
-from altp.runner import ConfigError, run, run_directory, validate, write_json_atomic
+from altp.runner import ConfigError, run, run_directory, run_identity, validate, write_json_atomic
 from eval.flops import flops_ratio
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -61,6 +63,36 @@ def test_run_directory_names_the_config(workspace):
     assert run_directory(omg).parts[-3] == "omg_llava[retry_questions=true]"
     glamm = compose_cfg("model=glamm", "model.checkpoint=a", "model.clip=b")
     assert run_directory(glamm).parts[-3] == "glamm"  # the mandatory download folders are not named
+
+
+def test_presets_are_named_by_their_name_field_without_reading_configs(workspace, tmp_path, monkeypatch):
+    """Two presets of one class are two runs, each named by its config's ``name``, with the fields
+    that differ from that preset; a preset that exists only in another config folder works too."""
+    configs = tmp_path / "configs"
+    shutil.copytree(ROOT / "configs", configs)
+    fastv = (configs / "pruner" / "fastv.yaml").read_text()
+    (configs / "pruner" / "fastv_k3.yaml").write_text(
+        fastv.replace("name: fastv ", "name: fastv_k3 ").replace("layer: 2", "layer: 3"))
+    with initialize_config_dir(version_base="1.3", config_dir=str(configs)):
+        k3, k3_at_4 = (compose("config", overrides=overrides(workspace, "pruner=fastv_k3", "keep=0.1", *extra))
+                       for extra in ([], ["pruner.layer=4"]))
+    at_3 = compose_cfg(*overrides(workspace, "pruner=fastv", "keep=0.1", "pruner.layer=3"))
+    monkeypatch.setattr(OmegaConf, "load", lambda *a, **k: pytest.fail("a config file was read"))
+    assert run_directory(k3).parts[-2:] == ("fastv_k3", "keep0.1")
+    assert run_directory(k3_at_4).parts[-2] == "fastv_k3[layer=4]"
+    assert run_directory(at_3).parts[-2] == "fastv[layer=3]"
+    assert run_identity(k3)["pruner"] == "fastv_k3" and run_identity(at_3)["pruner"] == "fastv"
+    assert run_identity(k3)["pruner_config"] == run_identity(at_3)["pruner_config"]  # the name is "pruner"
+
+
+def test_a_pruner_that_ignores_keep_is_one_run(workspace):
+    fixed = [compose_cfg(*overrides(workspace, "pruner=pdrop", "pruner.schedule=fixed", f"keep={keep}"))
+             for keep in (0.1, 0.25)]
+    assert run_directory(fixed[0]) == run_directory(fixed[1])
+    assert run_directory(fixed[0]).parts[-2:] == ("pdrop[schedule=fixed]", "keep1")
+    assert run_identity(fixed[0]) == run_identity(fixed[1]) and run_identity(fixed[0])["keep"] == 1.0
+    matched = [compose_cfg(*overrides(workspace, "pruner=pdrop", f"keep={keep}")) for keep in (0.1, 0.25)]
+    assert run_directory(matched[0]) != run_directory(matched[1])
 
 
 @pytest.mark.parametrize("extra,field", [(["keep=1.5"], "keep"), (["data.split=train"], "data.split"),

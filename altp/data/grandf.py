@@ -2,7 +2,7 @@
 
 The benchmark is the four files ``annotations/val_test/{val,test}_gcg_coco_{caption,mask}_gt.json``
 plus one shared image folder; image ids are the file stems. The schema is the one
-``groundingLMM eval/gcg/evaluate.py`` reads (``shared/reference/grandf_eval.md`` §1.3):
+``groundingLMM eval/gcg/evaluate.py`` reads (``docs/upstream/grandf_eval.md`` §1.3):
 
 * caption GT: ``images[].id``; ``annotations[]`` with ``id, image_id, caption, labels``
   (one annotation per image; like GLaMM we take the first when there are several);

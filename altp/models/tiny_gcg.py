@@ -1,6 +1,6 @@
 """tiny_gcg: a GLaMM-shaped grounded-conversation model small enough to train on a CPU.
 
-Same data flow as GLaMM (reference/glamm.md), scaled down:
+Same data flow as GLaMM (groundingLMM ``eval/gcg/infer.py``, see altp/models/glamm), scaled down:
 
     image (192 px) -> conv vision encoder -> 24 x 24 = 576 visual tokens (+ 2-D position embedding,
     as CLIP has) -> MLP projector -> spliced into the prompt at <image>
@@ -32,20 +32,13 @@ from torch import nn
 from transformers import LlamaConfig, LlamaForCausalLM
 
 from altp.engine import EngineInputs, GenerationOutput, PruningEngine
-from eval.cleanup import clean_caption
+from altp.models.base import GCGModel, GCGPrediction, decode_answer
 
 SPECIAL_TOKENS = ["<pad>", "<s>", "</s>", "<unk>", "<image>", "<im_start>", "<im_end>"]
 SYSTEM_TEXT = "A chat between a curious user and an assistant . USER :"
 INSTRUCTION = "Describe the image in detail with interleaved segmentation masks . ASSISTANT :"
 PIXEL_MEAN, PIXEL_STD = 0.5, 0.25
 WEIGHTS_DIR = Path(__file__).parent / "weights"
-
-
-@dataclass
-class GCGPrediction:
-    caption: str
-    phrases: list[str]
-    masks: list[np.ndarray]  # bool, at the original image size, one per [SEG] in order
 
 
 class WordTokenizer:
@@ -156,7 +149,7 @@ class MaskHead(nn.Module):
         return F.interpolate(logits, size=(size, size), mode="bilinear", align_corners=False)[:, 0]
 
 
-class TinyGCG(nn.Module):
+class TinyGCG(GCGModel):
     name = "tiny_gcg"
 
     def __init__(self, cfg: TinyGCGConfig):
@@ -244,28 +237,20 @@ class TinyGCG(nn.Module):
         return self.mask_head(self.text_hidden_fcs(seg_hidden), keys[image_of], projected[image_of], fine[image_of],
                               self.cfg.image_size)
 
-    @property
-    def n_visual(self) -> int:
-        return self.cfg.grid ** 2
-
     @torch.no_grad()
     def predict(self, images: list[Image.Image], engine: PruningEngine, max_new_tokens: int,
                 prepared: list | None = None) -> tuple[list[GCGPrediction], GenerationOutput]:
         """Caption + one mask per generated [SEG] for each image (resized to image_size and back).
 
-        The caption and phrases go through GLaMM's clean-up (eval.cleanup); masks are the mask
+        The caption and phrases go through GLaMM's clean-up (altp.models.cleanup); masks are the mask
         logits resized to the original image size, thresholded at 0 (as GLaMM). ``prepared``:
         the pruner's prepare() state per image (computed on ``encoder_view``), or None.
         """
         inputs, encoded = self.engine_inputs([self.resized(im) for im in images], prepared)
         out = engine.generate(inputs, max_new_tokens, eos_token_id=self.tokenizer.eos_id)
-        answers, steps = [], []
-        for b in range(len(images)):
-            ids = out.tokens[b, :out.lengths[b]].tolist()
-            if ids and ids[-1] == self.tokenizer.eos_id:
-                ids = ids[:-1]
-            answers.append(ids)
-            steps.append([t for t, token in enumerate(ids) if token == self.tokenizer.seg_id])
+        answers = [decode_answer(out, b, self.tokenizer.decode, self.tokenizer.eos_id, self.tokenizer.seg_id)
+                   for b in range(len(images))]
+        steps = [answer.seg_steps for answer in answers]
         # every [SEG] of the batch in one mask-head call: the per-image projection runs once
         image_of = torch.tensor([b for b, s in enumerate(steps) for _ in s], dtype=torch.long)
         if len(image_of):
@@ -273,14 +258,13 @@ class TinyGCG(nn.Module):
             all_logits = self.mask_logits(states, encoded, image_of.to(out.hidden.device)).split(
                 [len(s) for s in steps])
         predictions = []
-        for b, (image, ids) in enumerate(zip(images, answers)):
-            caption, phrases = clean_caption(self.tokenizer.decode(ids))
+        for b, (image, answer) in enumerate(zip(images, answers)):
             masks = []
             if steps[b]:
                 logits = F.interpolate(all_logits[b][:, None], size=(image.height, image.width), mode="bilinear",
                                        align_corners=False)[:, 0]
                 masks = list((logits > 0).cpu().numpy())
-            predictions.append(GCGPrediction(caption, phrases, masks))
+            predictions.append(GCGPrediction(answer.caption, answer.phrases, masks))
         return predictions, out
 
     # --- persistence ---------------------------------------------------------------------

@@ -1,7 +1,7 @@
 """Build a tiny GLaMM-GCG checkpoint with UPSTREAM groundingLMM code and record its GCG outputs.
 
     /work/venvs/glamm/bin/python scripts/parity/glamm_upstream.py --src /work/upstream/groundingLMM \\
-        --tokenizer-model /work/shared/oracles/glamm/data/GLaMM-GCG/tokenizer.model
+        --tokenizer-model DIR/tokenizer.model   # LLaMA's tokenizer.model, as in MBZUAI/GLaMM-GCG
 
 groundingLMM@e74865f under transformers 4.28.0, tokenizers 0.13.3, sentencepiece 0.1.99, torch 2.13
 (CPU) + opencv-python-headless, bleach, pycocotools (README, "Parity with upstream"). Writes

@@ -1,4 +1,4 @@
-"""GLaMM-GCG (``MBZUAI/GLaMM-GCG``) on transformers' Llama, CLIP and SAM (shared/reference/glamm.md).
+"""GLaMM-GCG (``MBZUAI/GLaMM-GCG``) on transformers' Llama, CLIP and SAM (docs/upstream/glamm.md).
 
 ``loading`` reads the released folder, ``sam`` maps GLaMM's SAM onto ``SamModel``, ``prompt``
 holds the GCG prompt and its ids, ``model`` runs inference through ``altp.engine``.

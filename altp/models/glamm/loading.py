@@ -1,7 +1,7 @@
 """Read the released ``MBZUAI/GLaMM-GCG`` folder into plain PyTorch / transformers modules.
 
 Never ``AutoModel`` on that folder: its ``model_type="llava"`` now means HF's own, different Llava
-(glamm.md §6.1). Instead:
+(docs/upstream/glamm.md §6.1). Instead:
 
 * the shards (``pytorch_model-0000x-of-0000y.bin`` + ``pytorch_model.bin.index.json``, or the
   safetensors equivalent, or one unsharded file) are read with ``torch.load(weights_only=True)``;
@@ -11,7 +11,7 @@ Never ``AutoModel`` on that folder: its ``model_type="llava"`` now means HF's ow
 * keys go, unchanged, to ``LlamaForCausalLM`` (minus 4.28's persistent ``rotary_emb.inv_freq``),
   ``mm_projector`` (Linear, GELU, Linear), ``text_hidden_fcs`` (Linear, ReLU, Linear, Dropout;
   the paper says GELU, the code ReLU) and, renamed by ``sam.to_hf``, HF ``SamModel``;
-  ``region_encoder`` (unused for GCG, needs mmcv) is skipped with a log line (glamm.md §1.2-1.3).
+  ``region_encoder`` (unused for GCG, needs mmcv) is skipped with a log line (docs/upstream/glamm.md §1.2-1.3).
 
 Anything that does not fit -- a missing shard, missing keys, shape mismatches -- is collected and
 raised as one ``CheckpointError`` line that lists it. Unexpected keys are ignored with one warning
@@ -89,7 +89,7 @@ def build_llm(config: dict) -> LlamaForCausalLM:
     llama = LlamaConfig(
         **{field: config[field] for field in LLM_FIELDS},
         num_key_value_heads=config.get("num_key_value_heads", config["num_attention_heads"]),
-        bos_token_id=1, eos_token_id=2, pad_token_id=0,  # infer.py sets these (glamm.md §3.1)
+        bos_token_id=1, eos_token_id=2, pad_token_id=0,  # infer.py sets these (docs/upstream/glamm.md §3.1)
         tie_word_embeddings=False, attn_implementation="sdpa")
     with torch.device("meta"):
         return LlamaForCausalLM(llama)

@@ -1,6 +1,6 @@
 """GLaMM-GCG inference (``eval/gcg/infer.py`` + ``GLaMMForCausalLM.evaluate``) through our engine.
 
-Per batch of images (glamm.md §3.2):
+Per batch of images (groundingLMM@e74865f ``eval/gcg/infer.py::inference``, ``model/GLaMM.py::evaluate``):
 
 1. CLIP: shortest edge -> 336, centre crop 336 (PIL bicubic, CLIP mean/std), hidden_states[-2]
    without CLS -> 576 x 1024 -> ``mm_projector``; spliced into the prompt at the ``-200`` slot;
@@ -11,7 +11,7 @@ Per batch of images (glamm.md §3.2):
    ``text_hidden_fcs`` turns each [SEG] state into a prompt; masks are post-processed in fp32 and
    thresholded at logit 0;
 4. the answer is decoded with special tokens kept and cleaned with GLaMM's regexes
-   (``eval.cleanup``).
+   (``altp.models.cleanup``).
 
 Deviations from the reference procedure (``deviations``, for metrics.json): a KV cache and SDPA
 instead of recomputing the whole sequence per token with eager attention (same maths, bf16
@@ -30,26 +30,23 @@ import numpy as np
 import torch
 import transformers
 from PIL import Image
-from torch import nn
 from transformers import AutoTokenizer, CLIPVisionConfig, CLIPVisionModel
 from transformers.models.clip.image_processing_pil_clip import CLIPImageProcessorPil
 from transformers.utils import logging as hf_logging
 
 from altp.engine import EngineInputs, GenerationOutput, PruningEngine
+from altp.models.base import GCGModel, GCGPrediction, decode_answer, resolve_dtype
 from altp.models.errors import CheckpointError, collect_warnings, raise_problems, warn_unexpected
 from altp.models.glamm import sam as sam_ops
 from altp.models.glamm.loading import load_parts
 from altp.models.glamm.prompt import IMAGE_TOKEN_INDEX, build_prompt_ids
-from altp.models.tiny_gcg import GCGPrediction
-from eval.cleanup import clean_caption
 
 EOS_ID = 2
-DTYPES = {"bfloat16": torch.bfloat16, "float32": torch.float32}
 FP32_WEIGHTS = ("bf16_rounded", "full")  # load_glamm's fp32_weights
 CLIP_TEXT_PARTS = ("text_model.", "text_projection.", "visual_projection.", "logit_scale")  # CLIPModel's rest
 
 
-class GLaMM(nn.Module):
+class GLaMM(GCGModel):
     """CLIP + projector + Llama + text_hidden_fcs + SAM, driven by ``PruningEngine``."""
 
     name = "glamm"
@@ -70,13 +67,9 @@ class GLaMM(nn.Module):
         self.details = details or {}  # from loading: fp32_weights, load_warnings
 
     @property
-    def n_visual(self) -> int:
-        return self.grid[0] * self.grid[1]
-
-    @property
     def deviations(self) -> dict:
         """How this differs from GLaMM's own inference (module docstring), for metrics.json."""
-        source = ("transformers 4.28 ids (glamm.md)" if self.prompt_mode == "reference"
+        source = ("transformers 4.28 ids (altp/models/glamm/prompt.py)" if self.prompt_mode == "reference"
                   else f"tokenized by transformers {transformers.__version__}")
         return {"kv_cache": True, "attention": "sdpa", "batched": True,
                 "prompt_ids": f"{self.prompt_mode}: {source}",
@@ -142,24 +135,16 @@ class GLaMM(nn.Module):
         out = engine.generate(self.engine_inputs(arrays, prepared), max_new_tokens, eos_token_id=EOS_ID)
         predictions = []
         for b, array in enumerate(arrays):
-            ids = out.tokens[b, :out.lengths[b]].tolist()
-            if ids and ids[-1] == EOS_ID:
-                ids = ids[:-1]  # GLaMM decodes it too; the clean-up's tag regex removes "</s>"
-            caption, phrases = clean_caption(self.tokenizer.decode(ids, skip_special_tokens=False))
-            steps = [t for t, token in enumerate(ids) if token == self.seg_token_id]
+            # GLaMM decodes the EOS too; the clean-up's tag regex removes "</s>"
+            answer = decode_answer(out, b, self.detokenize, EOS_ID, self.seg_token_id)
+            steps = answer.seg_steps
             masks = self.mask_logits(array, out.hidden[b, steps]) > 0 if steps else torch.zeros(0)
-            predictions.append(GCGPrediction(caption, phrases, list(masks.cpu().numpy())))
+            predictions.append(GCGPrediction(answer.caption, answer.phrases, list(masks.cpu().numpy())))
         return predictions, out
 
-
-def resolve_dtype(dtype: str, device: str) -> torch.dtype:
-    """auto: bfloat16 on a GPU (as infer.py), float32 on CPU (bf16 matmuls are slow there)."""
-    if dtype == "auto":
-        cuda = device.startswith("cuda") or (device == "auto" and torch.cuda.is_available())
-        return torch.bfloat16 if cuda else torch.float32
-    if dtype not in DTYPES:
-        raise ValueError(f"dtype={dtype}: choose auto, {', '.join(DTYPES)}")
-    return DTYPES[dtype]
+    def detokenize(self, ids: list[int]) -> str:
+        """infer.py's ``tokenizer.decode(output_ids, skip_special_tokens=False)``."""
+        return self.tokenizer.decode(ids, skip_special_tokens=False)
 
 
 def load_tokenizer(folder: Path):
@@ -227,7 +212,7 @@ def load_glamm(checkpoint: str, clip: str, dtype: str = "auto", device: str = "a
     with collect_warnings() as notes:
         parts, config = load_parts(folder, clip_config.hidden_size, torch_dtype, round_bf16=rounded)
         tokenizer = load_tokenizer(folder)
-        seg = tokenizer.convert_tokens_to_ids("[SEG]")  # not tokenizer("[SEG]")[0]: glamm.md §1.5
+        seg = tokenizer.convert_tokens_to_ids("[SEG]")  # not tokenizer("[SEG]")[0]: docs/upstream/glamm.md §1.5
         if seg is None or seg == tokenizer.unk_token_id:
             raise CheckpointError(f"GLaMM tokenizer in {folder} has no [SEG] token")
         clip_model = load_clip(clip_folder, torch.bfloat16 if rounded else torch_dtype)

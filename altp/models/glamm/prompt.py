@@ -1,13 +1,13 @@
-"""GLaMM's GCG prompt and its token ids (glamm.md §2, §1.5).
+"""GLaMM's GCG prompt and its token ids (docs/upstream/glamm.md §2, §1.5).
 
 The prompt is ``conv_llava_v1`` (system text, ``USER: ``, ``ASSISTANT:``) around the user message
 of ``eval/gcg/infer.py``: ``<image>`` widened to ``<im_start><image><im_end>``, then the GCG
 instruction with infer.py's whitespace quirk (a backslash-newline inside the string literal leaves
 4 indentation spaces, so 5 spaces follow "interleaved").
 
-Its ids depend on the transformers version (glamm.md §1.5). Two modes:
+Its ids depend on the transformers version (docs/upstream/glamm.md §1.5). Two modes:
 
-* ``reference``: the 83 ids transformers 4.28 (the authors' pin) gives, hard-coded from glamm.md:
+* ``reference``: the 83 ids transformers 4.28 (the authors' pin) gives, hard-coded from docs/upstream/glamm.md:
   BOS, text, ``-200`` at index 36, text; the 576 image features take positions 36..611 and the
   prefill is 83 - 1 + 576 = 658 tokens. The default: this is what the released model was run on.
 * ``tokenizer``: ``tokenizer_image_token`` with the installed transformers (5.x): 84 ids, because
@@ -24,7 +24,7 @@ INSTRUCTION = ("Could you please give me a detailed description of the image? Pl
 USER_MESSAGE = "The <im_start><image><im_end> provides an overview of the picture.\n" + INSTRUCTION
 PROMPT = f"{SYSTEM} USER: {USER_MESSAGE} ASSISTANT:"  # SeparatorStyle.TWO, empty assistant turn
 
-REFERENCE_IDS = [  # glamm.md §1.5, transformers 4.28.1 with the reconstructed GLaMM tokenizer
+REFERENCE_IDS = [  # docs/upstream/glamm.md §1.5, transformers 4.28.1 with the reconstructed GLaMM tokenizer
     1, 319, 13563, 1546, 263, 12758, 5199, 322, 385, 23116, 21082, 20255, 29889,
     450, 20255, 4076, 8444, 29892, 13173, 29892, 322, 1248, 568, 6089, 304, 278, 5199, 29915, 29879,
     5155, 29889, 3148, 1001, 29901, 450, 32000, IMAGE_TOKEN_INDEX, 32001,

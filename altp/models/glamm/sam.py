@@ -1,7 +1,7 @@
 """GLaMM's SAM on transformers' ``SamModel``: key names, config from shapes, pre/post-processing.
 
 GLaMM's grounding encoder is segment-anything's ``Sam`` (ViT-H) with four small changes, its key
-names untouched (glamm.md §1.2). We load it into HF ``SamModel`` (§6.1 option B): prefixes are
+names untouched (docs/upstream/glamm.md §1.2). We load it into HF ``SamModel`` (§6.1 option B): prefixes are
 renamed as transformers' ``models/sam/convert_sam_to_hf.py`` does (``KEYS_TO_MODIFY_MAPPING`` plus
 the hypernetwork-MLP renumbering), and the positional-encoding matrix is copied to
 ``shared_image_embedding``. HF builds the dense-PE grid in the dtype of that matrix, which is
@@ -138,7 +138,7 @@ def sam_pixels(image: np.ndarray, size: int) -> tuple[torch.Tensor, tuple[int, i
 
     segment-anything's ``ResizeLongestSide(size).apply_image`` (PIL bilinear, sides rounded with
     ``int(x + 0.5)``), then GLaMM's ``grounding_image_ecoder_preprocess``: pixel mean/std, zero pad
-    right and bottom (glamm.md §3.2 step 3).
+    right and bottom (docs/upstream/glamm.md §3.2 step 3).
     """
     h, w = image.shape[:2]
     scale = size / max(h, w)
@@ -153,7 +153,7 @@ def segment(sam, image_embedding: torch.Tensor, prompts: torch.Tensor) -> torch.
 
     GLaMM's ``prompt_encoder(text_embeds=...)`` (change 1) reduces to: sparse = the projected
     [SEG] embedding alone, dense = ``no_mask_embed`` everywhere; the decoder's tokens are
-    [iou, mask tokens, seg]; ``multimask_output=False`` keeps mask token 0 (glamm.md §3.2 step 7).
+    [iou, mask tokens, seg]; ``multimask_output=False`` keeps mask token 0 (docs/upstream/glamm.md §3.2 step 7).
     """
     grid = image_embedding.shape[-1]
     dense = sam.prompt_encoder.no_mask_embed.weight.reshape(1, -1, 1, 1).expand(1, -1, grid, grid)
@@ -168,7 +168,7 @@ def segment(sam, image_embedding: torch.Tensor, prompts: torch.Tensor) -> torch.
 def postprocess_masks(low_res: torch.Tensor, size: int, resized: tuple[int, int],
                       original: tuple[int, int]) -> torch.Tensor:
     """``Sam.postprocess_masks`` with GLaMM's change 4: fp32 bilinear to size x size, crop the
-    unpadded part, bilinear to the original (H, W) -> fp32 logits [N, H, W] (glamm.md §3.2 step 8)."""
+    unpadded part, bilinear to the original (H, W) -> fp32 logits [N, H, W] (docs/upstream/glamm.md §3.2 step 8)."""
     masks = F.interpolate(low_res.float(), (size, size), mode="bilinear", align_corners=False)
     masks = masks[..., :resized[0], :resized[1]]
     return F.interpolate(masks, original, mode="bilinear", align_corners=False)[:, 0]

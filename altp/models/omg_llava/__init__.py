@@ -1,4 +1,4 @@
-"""OMG-LLaVA GCG on our engine, without xtuner, mmdet, mmengine or mmcv (omg_llava.md)."""
+"""OMG-LLaVA GCG on our engine, without xtuner, mmdet, mmengine or mmcv (docs/upstream/omg_llava.md)."""
 
 from altp.models.errors import CheckpointError
 from altp.models.omg_llava.loading import check_files, load_omg_llava

@@ -18,7 +18,7 @@ Released key layouts (``load_released`` accepts both; ``released_state_dict`` wr
 * ``omg_seg_convl.pth`` (mmengine ``state_dict`` of ``OMGSegVisualEncoder``): ``backbone.stem.*``
   and ``backbone.layer{1..4}.*`` -- module names verified in ``openclip_backbone.py`` (both the
   ``omg_llava`` copy and ``seg/models/backbones``); whether the released file actually holds the
-  frozen backbone is **unverified** (omg_llava.md §1.1, §8);
+  frozen backbone is **unverified** (docs/upstream/omg_llava.md §1.1, §8);
 * the LAION open_clip checkpoint (``laion/CLIP-convnext_large_d_320.laion2B-s29B-b131K-ft-soup``):
   ``visual.trunk.stem.*`` / ``visual.trunk.stages.{i}.*`` (open_clip ``TimmModel.trunk``).
 

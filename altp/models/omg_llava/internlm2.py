@@ -1,6 +1,6 @@
 """OMG-LLaVA's LLM (InternLM2-chat-7B + the GCG ``.pth``'s LoRA) as a plain ``LlamaForCausalLM``.
 
-Upstream (omg_llava.md §1.4, §4.2) builds InternLM2 from its remote code, 4-bit NF4 via
+Upstream (docs/upstream/omg_llava.md §1.4, §4.2) builds InternLM2 from its remote code, 4-bit NF4 via
 bitsandbytes, wraps it with peft LoRA (r=512, alpha=256: scale 0.5) on every linear layer, and
 loads the resized ``tok_embeddings`` / ``output`` and the LoRA weights from the ``.pth`` with
 ``load_state_dict(strict=False)``. Here, without remote code, peft or xtuner:
@@ -15,9 +15,9 @@ loads the resized ``tok_embeddings`` / ``output`` and the LoRA weights from the 
 * ``tok_embeddings`` and ``output`` come from the .pth (92548 rows after OMG_LLaVA's
   ``_add_special_tokens``), not from the base folder (92544 rows);
 * RoPE is plain with ``rope_theta``: xtuner's ``dispatch_modules`` replaces InternLM2's rotary
-  embedding (and its dynamic-NTK ``rope_scaling``) with a plain one (omg_llava.md §1.4);
+  embedding (and its dynamic-NTK ``rope_scaling``) with a plain one (docs/upstream/omg_llava.md §1.4);
 * ``nf4=True`` first rounds each base linear weight through bitsandbytes' NF4 (blocksize 64,
-  double quant), as the 4-bit base upstream trained and runs on (omg_llava.md §7.2).
+  double quant), as the 4-bit base upstream trained and runs on (docs/upstream/omg_llava.md §7.2).
 
 The model is allocated once, in ``dtype``, and filled tensor by tensor: no second full copy.
 Every problem (missing shard or key, shape mismatch, unused .pth key) is raised as one

@@ -1,4 +1,4 @@
-"""Build OMG-LLaVA from the released files (omg_llava.md §4.1-4.2), in one local folder:
+"""Build OMG-LLaVA from the released files (docs/upstream/omg_llava.md §4.1-4.2), in one local folder:
 
     internlm2-chat-7b/                               base LLM (HF folder, tokenizer.model)
     omg_seg_convl.pth                                OMG-Seg: backbone.*, panoptic_head.* (mmengine: state_dict)
@@ -21,8 +21,8 @@ from pathlib import Path
 
 import torch
 
+from altp.models.base import resolve_dtype
 from altp.models.errors import CheckpointError, collect_warnings, raise_problems, warn_unexpected
-from altp.models.glamm.model import resolve_dtype
 from altp.models.omg_llava import convnext, mask2former, pixel_decoder
 from altp.models.omg_llava.internlm2 import load_internlm2_llama, read_state
 from altp.models.omg_llava.model import ObjectPixelProjector, OMGLLaVA, text_to_vision
@@ -81,7 +81,7 @@ def build_perception(seg: dict, gcg: dict, embed: torch.Tensor, backbone_file: s
     """OMG-Seg from omg_seg_convl.pth (+ the GCG fine-tune's [SEG] decoder copies), fp32."""
     if any(k.startswith(convnext.OMG_SEG_PREFIX) for k in seg):
         backbone = convnext.build_released(seg, convnext.OMG_SEG_PREFIX, str(seg_path))
-    elif backbone_file:  # unverified whether the OMG-Seg file holds the trunk (omg_llava.md §8)
+    elif backbone_file:  # unverified whether the OMG-Seg file holds the trunk (docs/upstream/omg_llava.md §8)
         laion = read_state(Path(backbone_file), "ConvNeXt backbone")
         backbone = convnext.build_released(laion, convnext.OPEN_CLIP_PREFIX, backbone_file)
     else:

@@ -1,6 +1,6 @@
 """OMG-LLaVA GCG inference (``omg_llava/tools/gcg_omg_seg_llava.py``) through our engine.
 
-Per batch of images (shared/reference/omg_llava.md §1-3):
+Per batch of images (docs/upstream/omg_llava.md §1-3):
 
 1. pad to a square with the CLIP mean colour (centred), bicubic resize to 1024, CLIP
    mean/std (§3.2);
@@ -31,9 +31,8 @@ from PIL import Image
 from torch import nn
 
 from altp.engine import EngineInputs, GenerationOutput, PruningEngine
+from altp.models.base import Answer, GCGModel, GCGPrediction, decode_answer
 from altp.models.omg_llava.prompt import IMAGE_TOKEN_INDEX, decode
-from altp.models.tiny_gcg import GCGPrediction
-from eval.cleanup import clean_caption
 
 # the OMG-LLaVA configs' CLIPImageProcessor values (4 decimals, not the usual CLIP 8-decimal ones)
 CLIP_MEAN = (0.4814, 0.4578, 0.4082)
@@ -83,7 +82,7 @@ def text_to_vision(hidden: int, out_dim: int) -> nn.Sequential:
     return nn.Sequential(nn.Linear(hidden, out_dim), nn.GELU(), nn.Linear(out_dim, out_dim))
 
 
-class OMGLLaVA(nn.Module):
+class OMGLLaVA(GCGModel):
     """OMG-Seg + projector + InternLM2 (as Llama) + text-to-vision projector, driven by the engine."""
 
     name = "omg_llava"
@@ -101,9 +100,8 @@ class OMGLLaVA(nn.Module):
         self.grid = perception.grid
         self.retries = 0  # extra generations run because an answer had no [SEG] (retry_questions)
 
-    @property
-    def n_visual(self) -> int:
-        return self.grid[0] * self.grid[1]
+    def begin_run(self) -> None:
+        self.retries = 0  # retries_run counts one run's retries, also in a one-process sweep
 
     @property
     def deviations(self) -> dict:
@@ -152,15 +150,17 @@ class OMGLLaVA(nn.Module):
         return inputs, encoded
 
     # --- outputs -------------------------------------------------------------------------
+    def answer(self, out: GenerationOutput, b: int) -> Answer:
+        """Sample b's answer: stop token dropped, the [SEG] states of the positions whose input is
+        a [SEG] (upstream ``get_seg_hidden_states``: hidden[t + 1] for a [SEG] at t), the caption
+        cleaned as ``process_and_save_output`` (``<s>`` removed first)."""
+        return decode_answer(out, b, lambda ids: decode(self.tokenizer, ids), self.stop_ids, self.seg_token_id,
+                             seg_state="input", drop_bos=True)
+
     def seg_states(self, out: GenerationOutput, b: int) -> tuple[list[int], torch.Tensor]:
-        """Generated ids (stop token dropped) and the states of the positions whose input is a
-        [SEG] (upstream ``get_seg_hidden_states``): hidden[t + 1] for a [SEG] at t."""
-        length = out.lengths[b]
-        ids = out.tokens[b, :length].tolist()
-        steps = [t + 1 for t, token in enumerate(ids[:-1]) if token == self.seg_token_id]
-        if ids and ids[-1] in self.stop_ids:
-            ids = ids[:-1]
-        return ids, out.hidden[b, steps]
+        """Generated ids (stop token dropped) and the states its masks are decoded from."""
+        answer = self.answer(out, b)
+        return answer.ids, out.hidden[b, answer.seg_steps]
 
     def masks(self, image: Image.Image, states: torch.Tensor, encoded, b: int) -> list[np.ndarray]:
         """[SEG] states -> bool masks at the original size (resize to the padded square, crop)."""
@@ -182,15 +182,14 @@ class OMGLLaVA(nn.Module):
         out = engine.generate(inputs, max_new_tokens, eos_token_id=self.stop_ids)
         predictions = []
         for b, image in enumerate(images):
-            ids, states = self.seg_states(out, b)
-            if self.retry_questions and not len(states):
+            answer = self.answer(out, b)
+            if self.retry_questions and not answer.seg_steps:
                 state = None if prepared is None else [prepared[b]]
-                ids, states, encoded_b = self.retry(image, engine, max_new_tokens, state)
+                answer, states, encoded_b = self.retry(image, engine, max_new_tokens, state)
                 masks = self.masks(image, states, encoded_b, 0)
             else:
-                masks = self.masks(image, states, encoded, b)
-            caption, phrases = clean_caption(decode(self.tokenizer, ids), drop_bos=True)  # process_and_save_output
-            predictions.append(GCGPrediction(caption, phrases, masks))
+                masks = self.masks(image, out.hidden[b, answer.seg_steps], encoded, b)
+            predictions.append(GCGPrediction(answer.caption, answer.phrases, masks))
         return predictions, out
 
     def retry(self, image: Image.Image, engine: PruningEngine, max_new_tokens: int, prepared: list | None = None):
@@ -199,7 +198,8 @@ class OMGLLaVA(nn.Module):
         for question in range(1, len(self.question_ids)):
             self.retries += 1
             inputs, encoded = self.engine_inputs([image], question, prepared)
-            ids, states = self.seg_states(engine.generate(inputs, max_new_tokens, eos_token_id=self.stop_ids), 0)
-            if len(states):
+            out = engine.generate(inputs, max_new_tokens, eos_token_id=self.stop_ids)
+            answer = self.answer(out, 0)
+            if answer.seg_steps:
                 break
-        return ids, states, encoded
+        return answer, out.hidden[0, answer.seg_steps], encoded

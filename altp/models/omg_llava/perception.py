@@ -1,4 +1,4 @@
-"""OMG-LLaVA's visual encoder (upstream ``OMGSegVisualEncoder``, omg_llava.md §1.1-1.2, 1.5).
+"""OMG-LLaVA's visual encoder (upstream ``OMGSegVisualEncoder``, docs/upstream/omg_llava.md §1.1-1.2, 1.5).
 
 ConvNeXt stages -> deformable-attention pixel decoder -> 300-query Mask2Former decoder with
 open-vocabulary classes -> the perception prior. ``encode`` returns what the projector needs

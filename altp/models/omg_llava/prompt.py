@@ -1,4 +1,4 @@
-"""OMG-LLaVA's GCG prompt, special tokens and InternLM2 tokenizer (omg_llava.md §1.4, §3.3-3.4).
+"""OMG-LLaVA's GCG prompt, special tokens and InternLM2 tokenizer (docs/upstream/omg_llava.md §1.4, §3.3-3.4).
 
 * ``gcg_omg_seg_llava.py::main``: text = ``'<image>' + '\\n' + question``, wrapped by xtuner's
   ``PROMPT_TEMPLATE.internlm2_chat['INSTRUCTION']`` (no system prompt); ``forward_model`` splits
@@ -47,7 +47,7 @@ GCG_QUESTIONS = (
 )
 EMBEDDED_TOKENS = ("[SEG]", "<p>", "</p>", "<region>")  # added before resize_token_embeddings
 MARK_TOKEN = "<mark>"  # added after it
-# inferred for InternLM2's 92544-piece vocabulary (omg_llava.md §1.4); checked, not enforced
+# inferred for InternLM2's 92544-piece vocabulary (docs/upstream/omg_llava.md §1.4); checked, not enforced
 EXPECTED_IDS = {"[SEG]": 92544, "<p>": 92545, "</p>": 92546, "<region>": 92547, "<mark>": 92548,
                 IM_END: 92542}
 
