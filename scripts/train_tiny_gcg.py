@@ -90,14 +90,20 @@ def make_batch(model: TinyGCG, samples, device: torch.device):
     return model.pixels([s.image for s in samples]).to(device), ids.to(device), masks.to(device)
 
 
-def loss_terms(model: TinyGCG, pixels, answer_ids, gt_masks, prefix, offsets):
+def answer_states(model: TinyGCG, pixels, answer_ids, prefix, offsets):
+    """Teacher-forced final-norm hidden states of the positions that produce each answer token
+    (the states the engine's greedy decoding computes) and the encoder output."""
     with torch.no_grad():  # frozen perception
         encoded = model.vision(pixels)
     embeds, _, _ = model.embed_prompt(pixels, answer_ids, encoded=encoded, prefix=prefix)
     positions = torch.arange(embeds.shape[1], device=embeds.device)[None] + offsets.to(embeds.device)
     hidden = model.llm.model(inputs_embeds=embeds, position_ids=positions).last_hidden_state
     prompt_len = embeds.shape[1] - answer_ids.shape[1]
-    producing = hidden[:, prompt_len - 1:-1]  # position i produces answer token i
+    return hidden[:, prompt_len - 1:-1], encoded  # position i produces answer token i
+
+
+def loss_terms(model: TinyGCG, pixels, answer_ids, gt_masks, prefix, offsets):
+    producing, encoded = answer_states(model, pixels, answer_ids, prefix, offsets)
     target = answer_ids.masked_fill(answer_ids == model.tokenizer.pad_id, -100)
     lm_loss = F.cross_entropy(model.llm.lm_head(producing).flatten(0, 1), target.flatten(), ignore_index=-100)
 

@@ -71,3 +71,24 @@ def test_layout_varies_text_before_the_image_and_positions_only(train, perceptio
     assert offsets.min() >= 0 and offsets.max() <= train.MAX_OFFSET and len(offsets.unique()) > 20
     prompt_words = set(model.tokenizer.encode(f"{train.SYSTEM_TEXT} {train.INSTRUCTION}"))
     assert all(set(prefix) <= prompt_words for prefix, _ in draws)
+
+
+def test_training_forward_is_the_inference_forward(train):
+    """Teacher-forced on the packaged model's own greedy answer (plain prompt, offset 0), the
+    training forward predicts every answer token the engine generated: what is trained is
+    what runs."""
+    from altp.data.synthetic import render_scene, scene_seed
+    from altp.engine import PruningEngine
+    from altp.models.tiny_gcg import load_tiny_gcg
+    from altp.pruning import NoPruning
+
+    model = load_tiny_gcg().eval()
+    scenes = [render_scene(scene_seed(0, "val", i), model.cfg.image_size, 1, 6) for i in range(2)]
+    with torch.no_grad():
+        inputs, _ = model.engine_inputs([s.image for s in scenes], None)
+        out = PruningEngine(model.llm, NoPruning()).generate(inputs, 64, eos_token_id=model.tokenizer.eos_id)
+        for b, scene in enumerate(scenes):
+            answer = out.tokens[b, :out.lengths[b]][None]
+            states, _ = train.answer_states(model, model.pixels([scene.image]), answer, [], torch.zeros(1, 1, dtype=torch.long))
+            assert answer.shape[1] > 10
+            assert torch.equal(model.llm.lm_head(states).argmax(-1), answer)
