@@ -66,3 +66,16 @@ def test_model_settings_select_other_weights(report, tmp_path):
     report.main(["--runs", str(tmp_path), "--out", str(out), "--model-settings", "weights=deep16"])
     text = out.read_text()
     assert "| fastv | 0.1 | 20.0 % | 0.50 (0.45)" in text and "[weights=deep16]" in text.splitlines()[0]
+
+
+def test_a_check_whose_runs_are_missing_is_not_run_not_failed(report, tmp_path):
+    write_run(tmp_path, "none", 1.0, 0.70, 0.80, 1.0)
+    write_run(tmp_path, "fastv", 0.1, 0.40, 0.50, 0.25)
+    write_run(tmp_path, "pdrop", 0.1, 0.42, 0.52)
+    out = tmp_path / "r.md"
+    status = report.main(["--runs", str(tmp_path), "--out", str(out)])
+    text = out.read_text()
+    assert "| PDrop >= 0.85 x FastV AP50 at keep 0.1 | pass |" in text
+    assert "| PDrop >= 0.85 x FastV AP50 at keep 0.25 | not run" in text
+    assert "| random recall < FastV recall at keep 0.1 | not run" in text
+    assert status == 1  # not every check passed
