@@ -1,0 +1,73 @@
+"""What a tiny_gcg's [SEG] mask queries know: held-out accuracy of a linear probe for the
+size, colour and shape of each query's phrase (teacher-forced on the training stream).
+
+    python scripts/probe_seg_queries.py [WEIGHTS_DIR] [--scenes 60]
+
+A query that the probe reads at chance for colour and shape can only tell the mask head "a
+small object": its masks then cover every object of that size (what the first deep testbed
+did). Chance is about 1/2 for size, 1/9 for colour and 1/7 for shape.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from altp.data.synthetic import render_scene, scene_seed  # noqa: E402
+from altp.models.tiny_gcg import load_tiny_gcg  # noqa: E402
+from scripts.train_tiny_gcg import ATTRIBUTES, answer_states, make_batch  # noqa: E402
+
+PROBE_SEED = 9  # training-stream scenes no training run of seed 0 draws first
+
+
+@torch.no_grad()
+def seg_queries(model, scenes: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Mask queries [n, mask_dim] of every [SEG] and their phrase classes [n, 3]."""
+    queries, labels = [], []
+    for index in range(scenes):
+        sample = render_scene(scene_seed(PROBE_SEED, "train", index), model.cfg.image_size, 1, 6)
+        pixels, ids, _, words = make_batch(model, [sample], torch.device("cpu"))
+        states, _ = answer_states(model, pixels, ids, [], torch.zeros(1, 1, dtype=torch.long))
+        queries.append(model.text_hidden_fcs(states[0, ids[0] == model.tokenizer.seg_id]))
+        labels.append(words)
+    return torch.cat(queries), torch.cat(labels)
+
+
+def probe_accuracy(features: torch.Tensor, labels: torch.Tensor, classes: int, train_share: float = 0.7) -> float:
+    """Held-out accuracy of an L2-regularised softmax regression on standardised features."""
+    split = int(train_share * len(features))
+    mean, std = features[:split].mean(0), features[:split].std(0) + 1e-6
+    x = (features - mean) / std
+    weight = torch.zeros(x.shape[1], classes, requires_grad=True)
+    bias = torch.zeros(classes, requires_grad=True)
+    optimizer = torch.optim.LBFGS([weight, bias], max_iter=500, line_search_fn="strong_wolfe")
+
+    def closure():
+        optimizer.zero_grad()
+        loss = F.cross_entropy(x[:split] @ weight + bias, labels[:split]) + 1e-3 * weight.square().sum()
+        loss.backward()
+        return loss
+
+    optimizer.step(closure)
+    return ((x[split:] @ weight + bias).argmax(1) == labels[split:]).float().mean().item()
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("weights", nargs="?", default=None, help="weights folder (default: the packaged weights)")
+    parser.add_argument("--scenes", type=int, default=60)
+    args = parser.parse_args(argv)
+    model = load_tiny_gcg(args.weights).eval()
+    queries, labels = seg_queries(model, args.scenes)
+    print(f"{len(queries)} [SEG] queries of {args.scenes} scenes; held-out linear-probe accuracy:")
+    for row, (name, classes) in enumerate(zip(("size", "colour", "shape"), ATTRIBUTES)):
+        print(f"  {name:7s} {probe_accuracy(queries, labels[:, row], len(classes)):.2f}  (chance {1 / len(classes):.2f})")
+
+
+if __name__ == "__main__":
+    main()
