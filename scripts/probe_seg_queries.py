@@ -1,7 +1,12 @@
-"""What a tiny_gcg's [SEG] mask queries know: held-out accuracy of a linear probe for the
-size, colour and shape of each query's phrase (teacher-forced on the training stream).
+"""What a tiny_gcg's [SEG] mask queries know, and in which layers they look at their object.
 
     python scripts/probe_seg_queries.py [WEIGHTS_DIR] [--scenes 60]
+
+1. Held-out accuracy of a linear probe for the size, colour and shape of each query's phrase
+   (teacher-forced on the training stream).
+2. Per LLM layer, the head-averaged attention mass that the position producing [SEG] puts on
+   its object's visual tokens (patch covered >= 20 %), beside the uniform share: the layers
+   that need the object's tokens, so the layers where dropping them costs most.
 
 A query that the probe reads at chance for colour and shape can only tell the mask head "a
 small object": its masks then cover every object of that size (what the first deep testbed
@@ -38,6 +43,27 @@ def seg_queries(model, scenes: int) -> tuple[torch.Tensor, torch.Tensor]:
     return torch.cat(queries), torch.cat(labels)
 
 
+@torch.no_grad()
+def object_attention(model, scenes: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per layer: mean attention mass of [SEG]-producing positions on their object's tokens,
+    and the mass a uniform spread over all positions would give them."""
+    model.llm.config._attn_implementation = "eager"  # sdpa returns no attention weights
+    grid, on_object, uniform = model.cfg.grid, [], []
+    for index in range(scenes):
+        sample = render_scene(scene_seed(PROBE_SEED, "train", index), model.cfg.image_size, 1, 6)
+        pixels, ids, _, _ = make_batch(model, [sample], torch.device("cpu"))
+        embeds, visual_start, _ = model.embed_prompt(pixels, ids, encoded=model.vision(pixels))
+        attentions = model.llm.model(inputs_embeds=embeds, output_attentions=True).attentions
+        n, height, width = sample.masks.shape
+        cover = torch.from_numpy(sample.masks.reshape(n, grid, height // grid, grid, width // grid).mean(axis=(2, 4)))
+        producing = embeds.shape[1] - ids.shape[1] - 1 + (ids[0] == model.tokenizer.seg_id).nonzero()[:, 0]
+        members = (cover.flatten(1) >= 0.2).float()
+        visual = torch.stack([a[0, :, producing, visual_start:visual_start + grid * grid].mean(0) for a in attentions])
+        on_object.append((visual * members).sum(-1))  # [layers, n]
+        uniform.append((members.sum(-1) / (producing + 1)).expand_as(on_object[-1]))
+    return torch.cat(on_object, 1).mean(1), torch.cat(uniform, 1).mean(1)
+
+
 def probe_accuracy(features: torch.Tensor, labels: torch.Tensor, classes: int, train_share: float = 0.7) -> float:
     """Held-out accuracy of an L2-regularised softmax regression on standardised features."""
     split = int(train_share * len(features))
@@ -67,6 +93,10 @@ def main(argv=None):
     print(f"{len(queries)} [SEG] queries of {args.scenes} scenes; held-out linear-probe accuracy:")
     for row, (name, classes) in enumerate(zip(("size", "colour", "shape"), ATTRIBUTES)):
         print(f"  {name:7s} {probe_accuracy(queries, labels[:, row], len(classes)):.2f}  (chance {1 / len(classes):.2f})")
+    on_object, uniform = object_attention(model, args.scenes)
+    print("attention mass of the [SEG]-producing position on its object, per layer (uniform spread):")
+    for layer, (mass, share) in enumerate(zip(on_object.tolist(), uniform.tolist())):
+        print(f"  layer {layer:2d}  {mass:.3f}  ({share:.3f})")
 
 
 if __name__ == "__main__":

@@ -176,7 +176,7 @@ def main(argv=None):
     parser.add_argument("--perception-from", type=Path, required=True,
                         help="weights folder whose vision encoder (frozen) and mask head start this model")
     parser.add_argument("--out", type=Path, required=True)
-    parser.add_argument("--steps", type=int, default=1500)
+    parser.add_argument("--steps", type=int, default=2000)
     parser.add_argument("--batch", type=int, default=8)
     parser.add_argument("--lr", type=float, default=1e-3)
     parser.add_argument("--seed", type=int, default=0)
