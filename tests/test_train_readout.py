@@ -41,3 +41,13 @@ def test_probe_reads_what_queries_hold_and_nothing_else():
     holding = noise + 5 * F.one_hot(labels, 16).float()
     assert probe.probe_accuracy(holding, labels, 7) > 0.95
     assert probe.probe_accuracy(noise, labels, 7) < 0.35  # chance is 1/7
+
+
+def test_object_attention_is_a_per_layer_share_of_the_attention():
+    probe = load_script("probe_seg_queries")
+    torch.manual_seed(0)
+    model = TinyGCG(TinyGCGConfig(vocab=list(VOCAB), layers=2)).eval()
+    on_object, uniform = probe.object_attention(model, 2)
+    assert on_object.shape == uniform.shape == (2,)
+    assert ((0 < on_object) & (on_object < 1)).all() and ((0 < uniform) & (uniform < 1)).all()
+    assert torch.allclose(on_object, uniform, rtol=0.5)  # a random model spreads its attention
