@@ -7,6 +7,10 @@
 2. Per LLM layer, the head-averaged attention mass that the position producing [SEG] puts on
    its object's visual tokens (patch covered >= 20 %), beside the uniform share: the layers
    that need the object's tokens, so the layers where dropping them costs most.
+3. Per layer, how much of the answer positions' attention goes to the image at all (real
+   LLaVA-family models read it in shallow layers and barely attend to it deep down, the
+   premise of FastV and PyramidDrop), and whether the last prompt token's top-10 % visual
+   tokens lie on objects (what FastV and PyramidDrop keep).
 
 A query that the probe reads at chance for colour and shape can only tell the mask head "a
 small object": its masks then cover every object of that size (what the first deep testbed
@@ -43,25 +47,52 @@ def seg_queries(model, scenes: int) -> tuple[torch.Tensor, torch.Tensor]:
     return torch.cat(queries), torch.cat(labels)
 
 
+def _attention_maps(model, index: int):
+    """Eager-attention maps of one teacher-forced probe scene: (per-layer attentions [heads,
+    seq, seq], answer ids, first visual position, prompt length, per-object patch cover [n, grid²])."""
+    model.llm.config._attn_implementation = "eager"  # sdpa returns no attention weights
+    grid = model.cfg.grid
+    sample = render_scene(scene_seed(PROBE_SEED, "train", index), model.cfg.image_size, 1, 6)
+    pixels, ids, _, _ = make_batch(model, [sample], torch.device("cpu"))
+    embeds, visual_start, _ = model.embed_prompt(pixels, ids, encoded=model.vision(pixels))
+    attentions = [a[0] for a in model.llm.model(inputs_embeds=embeds, output_attentions=True).attentions]
+    n, height, width = sample.masks.shape
+    cover = torch.from_numpy(sample.masks.reshape(n, grid, height // grid, grid, width // grid).mean(axis=(2, 4)))
+    return attentions, ids, visual_start, embeds.shape[1] - ids.shape[1], cover.flatten(1)
+
+
 @torch.no_grad()
 def object_attention(model, scenes: int) -> tuple[torch.Tensor, torch.Tensor]:
     """Per layer: mean attention mass of [SEG]-producing positions on their object's tokens,
     and the mass a uniform spread over all positions would give them."""
-    model.llm.config._attn_implementation = "eager"  # sdpa returns no attention weights
-    grid, on_object, uniform = model.cfg.grid, [], []
+    on_object, uniform = [], []
     for index in range(scenes):
-        sample = render_scene(scene_seed(PROBE_SEED, "train", index), model.cfg.image_size, 1, 6)
-        pixels, ids, _, _ = make_batch(model, [sample], torch.device("cpu"))
-        embeds, visual_start, _ = model.embed_prompt(pixels, ids, encoded=model.vision(pixels))
-        attentions = model.llm.model(inputs_embeds=embeds, output_attentions=True).attentions
-        n, height, width = sample.masks.shape
-        cover = torch.from_numpy(sample.masks.reshape(n, grid, height // grid, grid, width // grid).mean(axis=(2, 4)))
-        producing = embeds.shape[1] - ids.shape[1] - 1 + (ids[0] == model.tokenizer.seg_id).nonzero()[:, 0]
-        members = (cover.flatten(1) >= 0.2).float()
-        visual = torch.stack([a[0, :, producing, visual_start:visual_start + grid * grid].mean(0) for a in attentions])
+        attentions, ids, visual_start, prompt_len, cover = _attention_maps(model, index)
+        producing = prompt_len - 1 + (ids[0] == model.tokenizer.seg_id).nonzero()[:, 0]
+        members = (cover >= 0.2).float()
+        visual = torch.stack([a[:, producing, visual_start:visual_start + cover.shape[1]].mean(0) for a in attentions])
         on_object.append((visual * members).sum(-1))  # [layers, n]
         uniform.append((members.sum(-1) / (producing + 1)).expand_as(on_object[-1]))
     return torch.cat(on_object, 1).mean(1), torch.cat(uniform, 1).mean(1)
+
+
+@torch.no_grad()
+def reading_and_ranking(model, scenes: int, keep: float = 0.1) -> tuple[torch.Tensor, torch.Tensor, float]:
+    """Per layer: the share of attention that answer-producing positions put on the image (where
+    in depth the model reads it), and the share of the last prompt token's top-``keep`` visual
+    tokens that lie on an object (what FastV, K-1 = that layer, and PDrop rank by); then the
+    objects' share of the image, the second figure's chance level."""
+    reading, ranking, objects = [], [], []
+    for index in range(scenes):
+        attentions, _, visual_start, prompt_len, cover = _attention_maps(model, index)
+        on_object = (cover.max(0).values >= 0.2).float()
+        image = slice(visual_start, visual_start + cover.shape[1])
+        reading.append(torch.stack([a[:, prompt_len - 1:-1, image].sum(-1).mean() for a in attentions]))
+        last = torch.stack([a[:, prompt_len - 1, image].mean(0) for a in attentions])
+        top = last.topk(max(1, int(keep * cover.shape[1])), dim=-1).indices
+        ranking.append(on_object[top].mean(-1))
+        objects.append(on_object.mean())
+    return torch.stack(reading).mean(0), torch.stack(ranking).mean(0), torch.stack(objects).mean().item()
 
 
 def probe_accuracy(features: torch.Tensor, labels: torch.Tensor, classes: int, train_share: float = 0.7) -> float:
@@ -97,6 +128,11 @@ def main(argv=None):
     print("attention mass of the [SEG]-producing position on its object, per layer (uniform spread):")
     for layer, (mass, share) in enumerate(zip(on_object.tolist(), uniform.tolist())):
         print(f"  layer {layer:2d}  {mass:.3f}  ({share:.3f})")
+    reading, ranking, objects = reading_and_ranking(model, args.scenes)
+    print("per layer: attention share of answer positions on the image | share of the last prompt token's "
+          f"top-10 % visual tokens on an object (objects cover {objects:.3f} of the image):")
+    for layer, (read, ranked) in enumerate(zip(reading.tolist(), ranking.tolist())):
+        print(f"  layer {layer:2d}  {read:.3f} | {ranked:.3f}")
 
 
 if __name__ == "__main__":

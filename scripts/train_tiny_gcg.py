@@ -25,6 +25,14 @@ words before the system text (0..``MAX_PREFIX``, text before the image, as promp
 a random offset added to every position id (0..``MAX_OFFSET``). Inference uses the plain
 prompt at offset 0. Inputs are never pruned in training (the real models never were).
 
+Two further options, both measured in the README (its testbed section):
+``--grow-from DIR`` starts from a trained tiny_gcg and appends identity-initialised decoder
+layers (same width) to reach ``--layers``, then trains on the full scene distribution.
+``--short-caption P`` trains a share P of the steps on a second task, "Describe the image ."
+answered by the phrases alone ("small red circle , large blue star ."), language loss only:
+its first word needs the image at the last prompt token, which GCG's fixed opening
+("The image shows a") never asks for.
+
 Deterministic for a seed: the scenes of step s are fixed by (seed, s) and the layout draw by a
 generator seeded with (seed, s). ``--resume`` continues from ``DIR/checkpoint.pt`` (weights,
 optimizer, schedule, step) and ends with the same weights as an uninterrupted run; a
@@ -39,6 +47,7 @@ import math
 import os
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -53,6 +62,7 @@ from altp.models.tiny_gcg import (  # noqa: E402
     SYSTEM_TEXT,
     TinyGCG,
     TinyGCGConfig,
+    load_tiny_gcg,
 )
 
 # Curriculum over the objects per scene (fraction of training done -> max objects): first find
@@ -65,12 +75,17 @@ ARCHITECTURE = ("layers", "hidden", "heads", "intermediate")  # --layers ... -> 
 INHERITED_REQUIRED = ("vision.", "mask_head.")
 INHERITED_IF_SAME_SHAPE = ("projector.", "llm.model.embed_tokens.", "llm.lm_head.")
 ATTRIBUTES = (list(SIZES), sorted(COLOURS), list(SHAPES))  # the three words of every phrase
-RESUME_MUST_MATCH = ("steps", "batch", "lr", "seed", "perception_from", "precision", "query_readout",
+# The second task (--short-caption): the objects' phrases alone, so the answer's first word is
+# the first object's size. Its words are all in INSTRUCTION: the vocabulary does not change.
+SHORT_INSTRUCTION = "Describe the image . ASSISTANT :"
+assert set(SHORT_INSTRUCTION.split()) <= set(INSTRUCTION.split())
+RESUME_MUST_MATCH = ("steps", "batch", "lr", "seed", "perception_from", "grow_from", "precision", "query_readout",
+                     "short_caption",
                      *ARCHITECTURE)
 
 
 def curriculum_scene(seed: int, index: int, progress: float, image_size: int):
-    max_objects = next(n for until, n in CURRICULUM if progress < until)
+    max_objects = next((n for until, n in CURRICULUM if progress < until), CURRICULUM[-1][1])
     return render_scene(scene_seed(seed, "train", index), image_size, 1, max_objects)
 
 
@@ -82,6 +97,17 @@ def layout(model: TinyGCG, seed: int, step: int, batch: int) -> tuple[list[int],
     n_prefix = int(torch.randint(0, MAX_PREFIX + 1, (), generator=generator))
     prefix = [words[int(i)] for i in torch.randint(0, len(words), (n_prefix,), generator=generator)]
     return prefix, torch.randint(0, MAX_OFFSET + 1, (batch, 1), generator=generator)
+
+
+def short_caption_step(seed: int, step: int, share: float) -> bool:
+    """Whether step ``step`` trains the short-caption task (a fixed draw per (seed, step))."""
+    return share > 0 and float(torch.rand((), generator=torch.Generator().manual_seed(seed * 7_919 + step))) < share
+
+
+def short_answer(phrases: list[str]) -> str:
+    """The short caption: "small red circle , large blue star and small green triangle ."."""
+    listed = phrases[0] if len(phrases) == 1 else f"{' , '.join(phrases[:-1])} and {phrases[-1]}"
+    return f"{listed} ."
 
 
 class QueryReadout(torch.nn.Module):
@@ -116,12 +142,12 @@ def make_batch(model: TinyGCG, samples, device: torch.device):
     return model.pixels([s.image for s in samples]).to(device), ids.to(device), masks.to(device), words.to(device)
 
 
-def answer_states(model: TinyGCG, pixels, answer_ids, prefix, offsets):
+def answer_states(model: TinyGCG, pixels, answer_ids, prefix, offsets, instruction: str = INSTRUCTION):
     """Teacher-forced final-norm hidden states of the positions that produce each answer token
     (the states the engine's greedy decoding computes) and the encoder output."""
     with torch.no_grad():  # frozen perception
         encoded = model.vision(pixels)
-    embeds, _, _ = model.embed_prompt(pixels, answer_ids, encoded=encoded, prefix=prefix)
+    embeds, _, _ = model.embed_prompt(pixels, answer_ids, encoded=encoded, prefix=prefix, instruction=instruction)
     positions = torch.arange(embeds.shape[1], device=embeds.device)[None] + offsets.to(embeds.device)
     hidden = model.llm.model(inputs_embeds=embeds, position_ids=positions).last_hidden_state
     prompt_len = embeds.shape[1] - answer_ids.shape[1]
@@ -141,6 +167,20 @@ def loss_terms(model: TinyGCG, readout: QueryReadout, pixels, answer_ids, gt_mas
     prob, target_masks = pred.sigmoid().flatten(1), gt_masks.flatten(1)
     dice = 1 - (2 * (prob * target_masks).sum(1) + 1) / (prob.sum(1) + target_masks.sum(1) + 1)
     return lm_loss, bce, dice.mean(), readout.loss(model.text_hidden_fcs(seg_states), words)
+
+
+def short_caption_loss(model: TinyGCG, samples, device, prefix, offsets) -> torch.Tensor:
+    """Cross entropy of the short caption (``SHORT_INSTRUCTION``; no [SEG], no mask)."""
+    tok = model.tokenizer
+    answers = [tok.encode(short_answer(s.phrases)) + [tok.eos_id] for s in samples]
+    ids = torch.full((len(samples), max(map(len, answers))), tok.pad_id)
+    for b, answer in enumerate(answers):
+        ids[b, :len(answer)] = torch.tensor(answer)
+    ids = ids.to(device)
+    producing, _ = answer_states(model, model.pixels([s.image for s in samples]).to(device), ids, prefix, offsets,
+                                 SHORT_INSTRUCTION)
+    target = ids.masked_fill(ids == tok.pad_id, -100)
+    return F.cross_entropy(model.llm.lm_head(producing).flatten(0, 1), target.flatten(), ignore_index=-100)
 
 
 def build_model(args) -> TinyGCG:
@@ -163,6 +203,25 @@ def build_model(args) -> TinyGCG:
     return model
 
 
+def grow_model(args) -> TinyGCG:
+    """``--layers`` decoder layers whose first ones, and everything else, are the complete model
+    in ``--grow-from``; the added layers go on top with their residual outputs (o_proj,
+    down_proj) zero, so training starts from exactly the source model's function."""
+    source = load_tiny_gcg(args.grow_from)
+    if any(getattr(source.cfg, name) != getattr(args, name) for name in ARCHITECTURE[1:]):
+        raise SystemExit(f"--grow-from {args.grow_from}: its width {[getattr(source.cfg, n) for n in ARCHITECTURE[1:]]} "
+                         f"differs from --hidden/--heads/--intermediate {[getattr(args, n) for n in ARCHITECTURE[1:]]}")
+    if source.cfg.layers > args.layers:
+        raise SystemExit(f"--grow-from {args.grow_from}: has {source.cfg.layers} layers, more than --layers {args.layers}")
+    model = TinyGCG(replace(source.cfg, layers=args.layers))
+    model.load_state_dict(source.state_dict(), strict=False)  # layers 0..n-1 and every other module
+    for layer in model.llm.model.layers[source.cfg.layers:]:
+        torch.nn.init.zeros_(layer.self_attn.o_proj.weight)
+        torch.nn.init.zeros_(layer.mlp.down_proj.weight)
+    model.vision.requires_grad_(False)
+    return model
+
+
 def save_checkpoint(path: Path, model, readout, optimizer, schedule, step: int, args, elapsed: float) -> None:
     tmp = path.with_name(path.name + ".tmp")
     torch.save({"model": model.state_dict(), "readout": readout.state_dict(), "optimizer": optimizer.state_dict(),
@@ -173,8 +232,12 @@ def save_checkpoint(path: Path, model, readout, optimizer, schedule, step: int, 
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--perception-from", type=Path, required=True,
-                        help="weights folder whose vision encoder (frozen) and mask head start this model")
+    start = parser.add_mutually_exclusive_group(required=True)
+    start.add_argument("--perception-from", type=Path,
+                       help="weights folder whose vision encoder (frozen) and mask head start this model")
+    start.add_argument("--grow-from", type=Path,
+                       help="complete weights folder with at most --layers layers: this model is it (plus identity "
+                            "layers on top), trained on the full scene distribution (no curriculum)")
     parser.add_argument("--out", type=Path, required=True)
     parser.add_argument("--steps", type=int, default=2000)
     parser.add_argument("--batch", type=int, default=8)
@@ -191,6 +254,9 @@ def main(argv=None):
                              "an AVX512-BF16 CPU, the usual choice on a GPU")
     parser.add_argument("--query-readout", type=float, default=1.0,
                         help="weight of the training-only readout of each [SEG] query's phrase words (0: none)")
+    parser.add_argument("--short-caption", type=float, default=0.0,
+                        help="share of steps that train the second task, a short caption of the phrases alone "
+                             "(SHORT_INSTRUCTION), whose first word needs the image (0: GCG only)")
     parser.add_argument("--checkpoint-minutes", type=float, default=10.0)
     parser.add_argument("--stop-after", type=int, default=None, help="stop (checkpointed) after this step count")
     parser.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint.pt")
@@ -199,7 +265,7 @@ def main(argv=None):
     torch.manual_seed(args.seed)
     torch.set_num_threads(args.threads)
     device = torch.device(args.device)
-    model = build_model(args).to(device).train()
+    model = (grow_model(args) if args.grow_from else build_model(args)).to(device).train()
     readout = QueryReadout(model.cfg.mask_dim).to(device)
     trained = [p for p in model.parameters() if p.requires_grad] + list(readout.parameters())
     optimizer = torch.optim.AdamW(trained, lr=args.lr, weight_decay=0.01)
@@ -232,18 +298,24 @@ def main(argv=None):
     last = min(args.steps, args.stop_after or args.steps)
     start, saved_at = time.time() - elapsed, time.time()
     for step in range(first, last):
-        samples = [curriculum_scene(args.seed, step * args.batch + i, step / args.steps, model.cfg.image_size)
+        progress = 1.0 if args.grow_from else step / args.steps
+        samples = [curriculum_scene(args.seed, step * args.batch + i, progress, model.cfg.image_size)
                    for i in range(args.batch)]
+        short = short_caption_step(args.seed, step, args.short_caption)
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=args.precision == "bf16"):
-            lm_loss, bce, dice, words = loss_terms(model, readout, *make_batch(model, samples, device),
-                                                   *layout(model, args.seed, step, args.batch))
+            if short:
+                lm_loss = short_caption_loss(model, samples, device, *layout(model, args.seed, step, args.batch))
+                bce = dice = words = torch.zeros((), device=device)
+            else:
+                lm_loss, bce, dice, words = loss_terms(model, readout, *make_batch(model, samples, device),
+                                                       *layout(model, args.seed, step, args.batch))
         optimizer.zero_grad(set_to_none=True)
         (lm_loss + bce + dice + args.query_readout * words).backward()
         torch.nn.utils.clip_grad_norm_(trained, 1.0)
         optimizer.step()
         schedule.step()
         if step % 25 == 0 or step == last - 1:
-            print(f"step {step:5d}  lm {lm_loss.item():.4f}  bce {bce.item():.4f}  dice {dice.item():.4f}  "
+            print(f"step {step:5d}{' short' if short else ''}  lm {lm_loss.item():.4f}  bce {bce.item():.4f}  dice {dice.item():.4f}  "
                   f"words {words.item():.4f}  {time.time() - start:7.1f}s", flush=True)
         if time.time() - saved_at > 60 * args.checkpoint_minutes or step == last - 1:
             save_checkpoint(checkpoint_path, model, readout, optimizer, schedule, step + 1, args, time.time() - start)
@@ -256,7 +328,7 @@ def main(argv=None):
 def card(args, model, seconds: float, steps_done: int) -> dict:
     """The model card saved beside the weights (evaluation scores are added by the runner's user)."""
     flags = " ".join(f"--{k.replace('_', '-')} {v}" for k, v in vars(args).items()
-                     if k not in ("resume", "stop_after", "threads", "checkpoint_minutes", "device"))
+                     if v is not None and k not in ("resume", "stop_after", "threads", "checkpoint_minutes", "device"))
     return {"command": f"python scripts/train_tiny_gcg.py {flags}", "curriculum_max_objects": CURRICULUM,
             "layout": {"max_prefix_words": MAX_PREFIX, "max_position_offset": MAX_OFFSET},
             "steps_done": steps_done, "training_minutes": round(seconds / 60, 1), "threads": args.threads,

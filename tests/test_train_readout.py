@@ -51,3 +51,14 @@ def test_object_attention_is_a_per_layer_share_of_the_attention():
     assert on_object.shape == uniform.shape == (2,)
     assert ((0 < on_object) & (on_object < 1)).all() and ((0 < uniform) & (uniform < 1)).all()
     assert torch.allclose(on_object, uniform, rtol=0.5)  # a random model spreads its attention
+
+
+def test_reading_and_ranking_are_per_layer_shares():
+    probe = load_script("probe_seg_queries")
+    torch.manual_seed(0)
+    model = TinyGCG(TinyGCGConfig(vocab=list(VOCAB), layers=2)).eval()
+    reading, ranking, objects = probe.reading_and_ranking(model, 2)
+    assert reading.shape == ranking.shape == (2,) and 0 < objects < 1
+    prompt_share = model.cfg.grid ** 2 / (model.cfg.grid ** 2 + 20)  # the image is most of the sequence
+    assert ((0.5 * prompt_share < reading) & (reading < 1)).all()  # a random model spreads its attention
+    assert ((0 <= ranking) & (ranking <= 1)).all()

@@ -92,3 +92,36 @@ def test_training_forward_is_the_inference_forward(train):
             states, _ = train.answer_states(model, model.pixels([scene.image]), answer, [], torch.zeros(1, 1, dtype=torch.long))
             assert answer.shape[1] > 10
             assert torch.equal(model.llm.lm_head(states).argmax(-1), answer)
+
+
+def test_grown_model_starts_as_its_source_and_trains_its_new_layers(train, perception, tmp_path):
+    """--grow-from: the deeper model computes exactly what the shallower one did (added layers
+    are identities until trained), then trains every layer; a width mismatch is refused."""
+    train.main(["--perception-from", str(perception), *SMALL, "--out", str(tmp_path / "shallow")])
+    args = train.argparse.Namespace(grow_from=tmp_path / "shallow", layers=4, hidden=32, heads=2, intermediate=64)
+    grown, source = train.grow_model(args).eval(), train.load_tiny_gcg(tmp_path / "shallow").eval()
+    ids = torch.tensor([[5, 7, 9, 3]])
+    with torch.no_grad():
+        assert torch.allclose(grown.llm(ids).logits, source.llm(ids).logits, atol=1e-6)
+    assert len(grown.llm.model.layers) == 4 and not any(p.requires_grad for p in grown.vision.parameters())
+    train.main(["--grow-from", str(tmp_path / "shallow"), *SMALL, "--layers", "4", "--out", str(tmp_path / "deep")])
+    added = weights(tmp_path / "deep")["llm.model.layers.3.self_attn.o_proj.weight"]
+    assert added.abs().sum() > 0  # the identity layers learned something
+    with pytest.raises(SystemExit, match="width"):
+        train.grow_model(train.argparse.Namespace(**{**vars(args), "hidden": 64}))
+
+
+def test_short_caption_task_keeps_the_vocabulary_and_starts_with_the_image(train):
+    """The second task's prompt needs no new word, its answer's first word is the first object's
+    size (so the last prompt token has to look at the image), and its steps are a fixed draw."""
+    from altp.data.synthetic import render_scene, scene_seed
+
+    model = TinyGCG(TinyGCGConfig(vocab=list(VOCAB), layers=1))
+    assert model.tokenizer.unk_id not in model.tokenizer.prompt_ids(instruction=train.SHORT_INSTRUCTION)
+    scene = render_scene(scene_seed(0, "train", 5), 192, 3, 3)
+    answer = train.short_answer(scene.phrases)
+    assert answer.split()[0] == scene.phrases[0].split()[0] and answer.count(" and ") == 1
+    assert model.tokenizer.unk_id not in model.tokenizer.encode(answer)
+    draws = [train.short_caption_step(0, step, 0.3) for step in range(400)]
+    assert draws == [train.short_caption_step(0, step, 0.3) for step in range(400)]
+    assert 0.2 < sum(draws) / 400 < 0.4 and not any(train.short_caption_step(0, s, 0.0) for s in range(400))

@@ -59,10 +59,11 @@ class WordTokenizer:
     def decode(self, ids) -> str:
         return " ".join(self.vocab[int(i)] for i in ids)
 
-    def prompt_ids(self, prefix: Sequence[int] = ()) -> list[int]:
+    def prompt_ids(self, prefix: Sequence[int] = (), instruction: str = INSTRUCTION) -> list[int]:
         """<s> system <im_start> <image> <im_end> instruction — one id stands for the image.
-        ``prefix``: extra ids after <s> (training varies the text before the image with it)."""
-        return [self.bos_id, *prefix, *self.encode(f"{SYSTEM_TEXT} <im_start> <image> <im_end> {INSTRUCTION}")]
+        ``prefix``: extra ids after <s> (training varies the text before the image with it);
+        ``instruction``: training also asks for a short caption."""
+        return [self.bos_id, *prefix, *self.encode(f"{SYSTEM_TEXT} <im_start> <image> <im_end> {instruction}")]
 
 
 @dataclass
@@ -179,17 +180,17 @@ class TinyGCG(GCGModel):
         return (torch.from_numpy(array).permute(0, 3, 1, 2) - PIXEL_MEAN) / PIXEL_STD
 
     def embed_prompt(self, pixels: torch.Tensor, answer_ids: torch.Tensor | None = None, encoded=None,
-                     prefix: Sequence[int] = ()):
+                     prefix: Sequence[int] = (), instruction: str = INSTRUCTION):
         """Prompt (+ optional teacher-forced answer) embeddings with the image spliced in.
 
         Returns (embeds [B, T, d], visual_start, the vision encoder's output (tokens, features,
         fine)). ``encoded``: that output when the caller already has it; ``prefix``: see
-        ``WordTokenizer.prompt_ids``. Every sample shares the prompt, so no padding is needed
+        ``WordTokenizer.prompt_ids``, as is ``instruction``. Every sample shares the prompt, so no padding is needed
         here; the engine still supports padded batches.
         """
         encoded = encoded if encoded is not None else self.vision(pixels)
         visual = self.projector(encoded[0])
-        prompt = self.tokenizer.prompt_ids(prefix)
+        prompt = self.tokenizer.prompt_ids(prefix, instruction)
         start = prompt.index(self.tokenizer.image_id)
         ids = torch.tensor(prompt, device=pixels.device)
         text = self.llm.model.embed_tokens(ids).expand(pixels.shape[0], -1, -1)
