@@ -31,6 +31,7 @@ report: ## $(OUT)/report.md: tables, figures, protocol notes, realism table, the
 
 testbed-report: ## how the tiny model reacts to pruning beside GLaMM (sweep=realism, then outputs/tables/realism.md)
 	$(PY) run.py sweep=realism progress=false output_root=$(OUT)
+	$(PY) run.py progress=false output_root=$(OUT)
 	$(PY) scripts/testbed_report.py --runs $(OUT)/runs --out $(OUT)/tables/realism.md
 
 bench: ## benchmarks (medians over repeats): evaluator speed, ALTP SLIC paths, pruner overhead + prefill vs FLOPs

@@ -2,6 +2,7 @@
 
     make testbed-report        # = the runs below, then this script
     python run.py -m sweep=realism            # unpruned + 6 pruners x 3 keeps, first 100 val images
+    python run.py                             # unpruned on all val images: the quality check
     python scripts/testbed_report.py [--runs outputs/runs] [--model tiny_gcg] [--limit 100]
     # weights of your own: python run.py -m sweep=realism model.weights=DIR [model.llm.layers=L]
     python scripts/testbed_report.py --model-settings weights=<DIR's name>
@@ -52,8 +53,11 @@ def collect(runs: list[dict], model: str, data: str, split: str, limit: int | No
             and not r.get("variant") and chosen(r.get("model_settings", ""))}
 
 
-def report(found: dict, split: str) -> tuple[list[str], list[tuple[str, bool]]]:
-    """Markdown lines and the acceptance checks (name, passed: True / False / None = not run)."""
+def report(found: dict, split: str, full: dict | None = None) -> tuple[list[str], list[tuple[str, bool]]]:
+    """Markdown lines and the acceptance checks (name, passed: True / False / None = not run).
+
+    ``full``: the unpruned run on every image of the split, which the quality check reads (the
+    bar is over all 200 val images; retention compares runs on the same first images)."""
     base = found.get(("none", 1.0))
     if base is None:
         raise SystemExit("no unpruned run found: run `python run.py -m sweep=realism` first")
@@ -93,7 +97,8 @@ def report(found: dict, split: str) -> tuple[list[str], list[tuple[str, bool]]]:
 
     fastv = found.get(("fastv", 0.1))
     checks = [
-        ("unpruned mIoU >= 0.80 and recall >= 0.75", base["mIoU"] >= 0.80 and base["recall"] >= 0.75),
+        ("unpruned mIoU >= 0.80 and recall >= 0.75 (all images)",
+         None if full is None else full["mIoU"] >= 0.80 and full["recall"] >= 0.75),
         ("FastV FLOPs ratio at keep 0.1 <= 0.30", None if fastv is None else fastv["flops_ratio"] <= 0.30),
         *((f"PDrop >= 0.85 x FastV {metric} at keep {keep:g}",
            at_least(ret("pdrop", keep, metric), ret("fastv", keep, metric), 0.85))
@@ -118,8 +123,10 @@ def main(argv=None) -> int:
                              "(default: the model's default settings)")
     parser.add_argument("--out", type=Path, default=Path("outputs/tables/realism.md"))
     args = parser.parse_args(argv)
-    found = collect(load_runs(args.runs), args.model, args.data, args.split, args.limit or None, args.model_settings)
-    lines, checks = report(found, args.split)
+    runs = load_runs(args.runs)
+    found = collect(runs, args.model, args.data, args.split, args.limit or None, args.model_settings)
+    full = collect(runs, args.model, args.data, args.split, None, args.model_settings).get(("none", 1.0))
+    lines, checks = report(found, args.split, full)
     title = (f"# Testbed realism: {args.model}{f' [{args.model_settings}]' if args.model_settings else ''} "
              f"on {args.data} {args.split}"
              + (f" (first {args.limit} images)" if args.limit else ""))

@@ -239,7 +239,7 @@ def main(argv=None):
                        help="complete weights folder with at most --layers layers: this model is it (plus identity "
                             "layers on top), trained on the full scene distribution (no curriculum)")
     parser.add_argument("--out", type=Path, required=True)
-    parser.add_argument("--steps", type=int, default=2000)
+    parser.add_argument("--steps", type=int, default=2200)
     parser.add_argument("--batch", type=int, default=8)
     parser.add_argument("--lr", type=float, default=1e-3)
     parser.add_argument("--seed", type=int, default=0)
@@ -254,7 +254,7 @@ def main(argv=None):
                              "an AVX512-BF16 CPU, the usual choice on a GPU")
     parser.add_argument("--query-readout", type=float, default=1.0,
                         help="weight of the training-only readout of each [SEG] query's phrase words (0: none)")
-    parser.add_argument("--short-caption", type=float, default=0.0,
+    parser.add_argument("--short-caption", type=float, default=0.25,
                         help="share of steps that train the second task, a short caption of the phrases alone "
                              "(SHORT_INSTRUCTION), whose first word needs the image (0: GCG only)")
     parser.add_argument("--checkpoint-minutes", type=float, default=10.0)

@@ -18,6 +18,7 @@ from llama_fixtures import save_random_tiny_gcg
 from omegaconf import OmegaConf
 from script_helpers import kill_and_resume
 
+from altp.models.tiny_gcg import TinyGCGConfig
 from altp.runner import ConfigError, run, run_directory, run_identity, validate, write_json_atomic
 from eval.flops import flops_ratio
 
@@ -106,7 +107,7 @@ def test_validate_names_the_field(workspace, extra, field):
 
 def test_layer_beyond_the_llm_is_a_config_error(workspace):
     with pytest.raises(ConfigError, match="model.llm.layers"):
-        validate(compose_cfg(*overrides(workspace, "pruner=fastv", "pruner.layer=6")))
+        validate(compose_cfg(*overrides(workspace, "pruner=fastv", "pruner.layer=16")))
 
 
 def test_missing_weights_named(workspace):
@@ -161,10 +162,11 @@ def test_retrained_weights_in_the_same_folder_are_not_taken_for_the_old(tmp_path
 def test_flops_of_a_pruner_before_the_llm(workspace):
     metrics = run(compose_cfg(*overrides(workspace, "pruner=divprune", "keep=0.25", "data.limit=2")))
     assert metrics["n_images"] == 2 and metrics["prune_layers"] == [0]
-    assert metrics["visual_per_layer"] == [144] * 6
+    layers = len(metrics["visual_per_layer"])
+    assert metrics["visual_per_layer"] == [144] * layers and layers == TinyGCGConfig().layers
     # the reference is the unpruned prompt, not layer 0's (already pruned) input
     text = metrics["tokens_per_layer"][0] - 144
-    assert metrics["flops_ratio"] == pytest.approx(flops_ratio([text + 144] * 6, text + 576, 128, 384))
+    assert metrics["flops_ratio"] == pytest.approx(flops_ratio([text + 144] * layers, text + 576, 128, 384))
 
 
 def test_corrupt_image_is_recorded_and_the_run_goes_on(workspace, tmp_path):

@@ -12,16 +12,18 @@ def report():
     return load_script("testbed_report")
 
 
-def write_run(root: Path, pruner: str, keep: float, ap50: float, recall: float, flops: float = 0.2):
+def write_run(root: Path, pruner: str, keep: float, ap50: float, recall: float, flops: float = 0.2,
+              limit: int | None = 100):
     folder = root / pruner / f"keep{keep:g}"
     folder.mkdir(parents=True)
     (folder / "metrics.json").write_text(json.dumps({
-        "model": "tiny_gcg", "data": "synthetic", "split": "val", "limit": 100, "variant": {},
+        "model": "tiny_gcg", "data": "synthetic", "split": "val", "limit": limit, "variant": {},
         "pruner": pruner, "keep": keep, "visual_tokens": 576, "AP50": ap50, "mIoU": 0.8, "recall": recall, "flops_ratio": flops}))
 
 
 def test_retention_tau_and_checks(report, tmp_path):
     write_run(tmp_path, "none", 1.0, 0.70, 0.80, 1.0)
+    write_run(tmp_path / "all", "none", 1.0, 0.70, 0.78, 1.0, limit=None)  # the quality check's run
     for keep in report.KEEPS:  # testbed ranks ALTP > PDrop > FastV at every keep, as GLaMM at 0.1
         write_run(tmp_path, "fastv", keep, 0.40, 0.50, 0.25)
         write_run(tmp_path, "pdrop", keep, 0.42, 0.52)
@@ -41,7 +43,7 @@ def test_retention_tau_and_checks(report, tmp_path):
     tau_row = next(line for line in text.splitlines() if line.startswith("| 0.1 | +"))
     assert tau_row.split("|")[2].strip() == "+1.00"
     assert "| FastV FLOPs ratio at keep 0.1 <= 0.30 | pass |" in text
-    assert "| unpruned mIoU >= 0.80 and recall >= 0.75 | pass |" in text
+    assert "| unpruned mIoU >= 0.80 and recall >= 0.75 (all images) | pass |" in text
     assert "| FastV at keep 0.1 keeps <= 0.80 of the unpruned AP50 | pass |" in text
     assert status == 0
 
@@ -78,4 +80,14 @@ def test_a_check_whose_runs_are_missing_is_not_run_not_failed(report, tmp_path):
     assert "| PDrop >= 0.85 x FastV AP50 at keep 0.1 | pass |" in text
     assert "| PDrop >= 0.85 x FastV AP50 at keep 0.25 | not run" in text
     assert "| random recall < FastV recall at keep 0.1 | not run" in text
+    assert "| unpruned mIoU >= 0.80 and recall >= 0.75 (all images) | not run" in text  # no full-val run
     assert status == 1  # not every check passed
+
+
+def test_quality_check_reads_the_run_on_all_images(report, tmp_path):
+    """The bar is over all val images: a good first-100 run does not pass it for a weak full run."""
+    write_run(tmp_path, "none", 1.0, 0.70, 0.80, 1.0)
+    write_run(tmp_path / "all", "none", 1.0, 0.70, 0.70, 1.0, limit=None)
+    out = tmp_path / "r.md"
+    report.main(["--runs", str(tmp_path), "--out", str(out)])
+    assert "| unpruned mIoU >= 0.80 and recall >= 0.75 (all images) | FAIL |" in out.read_text()

@@ -74,7 +74,7 @@ class TinyGCGConfig:
     pixel_dim: int = 64  # channels of the stride-4 pixel features the mask head reads
     token_dim: int = 128  # vision-encoder width at the token grid
     hidden: int = 128  # LLM width
-    layers: int = 6
+    layers: int = 16  # the packaged model (configs/model/tiny_gcg.yaml llm.layers)
     heads: int = 4
     intermediate: int = 384
     mask_dim: int = 64
