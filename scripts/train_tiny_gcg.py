@@ -251,7 +251,8 @@ def main(argv=None):
     parser.add_argument("--intermediate", type=int, default=384)
     parser.add_argument("--precision", choices=("bf16", "fp32"), default="bf16",
                         help="bf16: autocast the forward (fp32 master weights and optimizer); ~25 %% faster on "
-                             "an AVX512-BF16 CPU, the usual choice on a GPU")
+                             "an AVX512-BF16 CPU, the usual choice on a GPU. On a CPU without it (AVX2 only) "
+                             "bf16 is emulated, ~10x slower: use fp32 there")
     parser.add_argument("--query-readout", type=float, default=1.0,
                         help="weight of the training-only readout of each [SEG] query's phrase words (0: none)")
     parser.add_argument("--short-caption", type=float, default=0.25,
