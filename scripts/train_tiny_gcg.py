@@ -31,7 +31,10 @@ layers (same width) to reach ``--layers``, then trains on the full scene distrib
 ``--short-caption P`` trains a share P of the steps on a second task, "Describe the image ."
 answered by the phrases alone ("small red circle , large blue star ."), language loss only:
 its first word needs the image at the last prompt token, which GCG's fixed opening
-("The image shows a") never asks for.
+("The image shows a") never asks for. ``--object-question P`` trains a share P on a third, a
+question about one object named by colour and shape ("Describe the red circle . ASSISTANT :"),
+answered by its phrase ("small red circle ."): its first word needs the last prompt token to
+find that object, as a VQA question does in a real model's training data.
 
 Deterministic for a seed: the scenes of step s are fixed by (seed, s) and the layout draw by a
 generator seeded with (seed, s). ``--resume`` continues from ``DIR/checkpoint.pt`` (weights,
@@ -79,8 +82,10 @@ ATTRIBUTES = (list(SIZES), sorted(COLOURS), list(SHAPES))  # the three words of 
 # the first object's size. Its words are all in INSTRUCTION: the vocabulary does not change.
 SHORT_INSTRUCTION = "Describe the image . ASSISTANT :"
 assert set(SHORT_INSTRUCTION.split()) <= set(INSTRUCTION.split())
+# The third task (--object-question): "Describe the <colour> <shape> ." -> "<size> <colour> <shape> .".
+QUESTION_INSTRUCTION = "Describe the {colour} {shape} . ASSISTANT :"
 RESUME_MUST_MATCH = ("steps", "batch", "lr", "seed", "perception_from", "grow_from", "precision", "query_readout",
-                     "short_caption",
+                     "short_caption", "object_question",
                      *ARCHITECTURE)
 
 
@@ -99,15 +104,38 @@ def layout(model: TinyGCG, seed: int, step: int, batch: int) -> tuple[list[int],
     return prefix, torch.randint(0, MAX_OFFSET + 1, (batch, 1), generator=generator)
 
 
-def short_caption_step(seed: int, step: int, share: float) -> bool:
-    """Whether step ``step`` trains the short-caption task (a fixed draw per (seed, step))."""
-    return share > 0 and float(torch.rand((), generator=torch.Generator().manual_seed(seed * 7_919 + step))) < share
+def step_task(seed: int, step: int, short_share: float, question_share: float = 0.0) -> str:
+    """What step ``step`` trains: "short" (caption), "question" or "gcg", a fixed draw per
+    (seed, step); with no question share the draws are those of the short-caption-only runs."""
+    draw = float(torch.rand((), generator=torch.Generator().manual_seed(seed * 7_919 + step)))
+    return "short" if draw < short_share else "question" if draw < short_share + question_share else "gcg"
 
 
 def short_answer(phrases: list[str]) -> str:
     """The short caption: "small red circle , large blue star and small green triangle ."."""
     listed = phrases[0] if len(phrases) == 1 else f"{' , '.join(phrases[:-1])} and {phrases[-1]}"
     return f"{listed} ."
+
+
+def object_question(phrases: list[str], seed: int, step: int, index: int) -> tuple[str, str]:
+    """The question about one object named by colour and shape, and its answer (the phrase).
+    The object is drawn among those whose colour and shape no other object shares (phrases are
+    unique per scene, colour + shape nearly always: where none is, the first object is asked
+    about and the answer's size is a guess)."""
+    pairs = [phrase.split()[1:] for phrase in phrases]
+    unique = [i for i, pair in enumerate(pairs) if pairs.count(pair) == 1] or [0]
+    generator = torch.Generator().manual_seed((seed * 1_000_003 + step) * 64 + index)
+    chosen = unique[int(torch.randint(0, len(unique), (), generator=generator))]
+    colour, shape = pairs[chosen]
+    return QUESTION_INSTRUCTION.format(colour=colour, shape=shape), f"{phrases[chosen]} ."
+
+
+def language_task(task: str, samples, seed: int, step: int) -> tuple[str | list[str], list[str]]:
+    """The instruction(s) and answers of a "short" or "question" step."""
+    if task == "short":
+        return SHORT_INSTRUCTION, [short_answer(s.phrases) for s in samples]
+    asked = [object_question(s.phrases, seed, step, i) for i, s in enumerate(samples)]
+    return [question for question, _ in asked], [answer for _, answer in asked]
 
 
 class QueryReadout(torch.nn.Module):
@@ -142,12 +170,18 @@ def make_batch(model: TinyGCG, samples, device: torch.device):
     return model.pixels([s.image for s in samples]).to(device), ids.to(device), masks.to(device), words.to(device)
 
 
-def answer_states(model: TinyGCG, pixels, answer_ids, prefix, offsets, instruction: str = INSTRUCTION):
+def answer_states(model: TinyGCG, pixels, answer_ids, prefix, offsets, instruction: str | list[str] = INSTRUCTION):
     """Teacher-forced final-norm hidden states of the positions that produce each answer token
-    (the states the engine's greedy decoding computes) and the encoder output."""
+    (the states the engine's greedy decoding computes) and the encoder output. ``instruction``:
+    one for the batch, or one per sample (all of one length in words)."""
     with torch.no_grad():  # frozen perception
         encoded = model.vision(pixels)
-    embeds, _, _ = model.embed_prompt(pixels, answer_ids, encoded=encoded, prefix=prefix, instruction=instruction)
+    if isinstance(instruction, str):
+        embeds, _, _ = model.embed_prompt(pixels, answer_ids, encoded=encoded, prefix=prefix, instruction=instruction)
+    else:
+        embeds = torch.cat([model.embed_prompt(pixels[b:b + 1], answer_ids[b:b + 1],
+                                               encoded=tuple(part[b:b + 1] for part in encoded), prefix=prefix,
+                                               instruction=text)[0] for b, text in enumerate(instruction)])
     positions = torch.arange(embeds.shape[1], device=embeds.device)[None] + offsets.to(embeds.device)
     hidden = model.llm.model(inputs_embeds=embeds, position_ids=positions).last_hidden_state
     prompt_len = embeds.shape[1] - answer_ids.shape[1]
@@ -169,16 +203,18 @@ def loss_terms(model: TinyGCG, readout: QueryReadout, pixels, answer_ids, gt_mas
     return lm_loss, bce, dice.mean(), readout.loss(model.text_hidden_fcs(seg_states), words)
 
 
-def short_caption_loss(model: TinyGCG, samples, device, prefix, offsets) -> torch.Tensor:
-    """Cross entropy of the short caption (``SHORT_INSTRUCTION``; no [SEG], no mask)."""
+def language_loss(model: TinyGCG, samples, device, prefix, offsets, instructions: str | list[str],
+                  answers: list[str]) -> torch.Tensor:
+    """Cross entropy of a language-only task's answers (the short caption, the object question:
+    no [SEG], no mask)."""
     tok = model.tokenizer
-    answers = [tok.encode(short_answer(s.phrases)) + [tok.eos_id] for s in samples]
+    answers = [tok.encode(answer) + [tok.eos_id] for answer in answers]
     ids = torch.full((len(samples), max(map(len, answers))), tok.pad_id)
     for b, answer in enumerate(answers):
         ids[b, :len(answer)] = torch.tensor(answer)
     ids = ids.to(device)
     producing, _ = answer_states(model, model.pixels([s.image for s in samples]).to(device), ids, prefix, offsets,
-                                 SHORT_INSTRUCTION)
+                                 instructions)
     target = ids.masked_fill(ids == tok.pad_id, -100)
     return F.cross_entropy(model.llm.lm_head(producing).flatten(0, 1), target.flatten(), ignore_index=-100)
 
@@ -258,6 +294,9 @@ def main(argv=None):
     parser.add_argument("--short-caption", type=float, default=0.25,
                         help="share of steps that train the second task, a short caption of the phrases alone "
                              "(SHORT_INSTRUCTION), whose first word needs the image (0: GCG only)")
+    parser.add_argument("--object-question", type=float, default=0.0,
+                        help="share of steps that train a question about one object named by colour and shape "
+                             "(QUESTION_INSTRUCTION), answered by its phrase (0: none)")
     parser.add_argument("--checkpoint-minutes", type=float, default=10.0)
     parser.add_argument("--stop-after", type=int, default=None, help="stop (checkpointed) after this step count")
     parser.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint.pt")
@@ -283,7 +322,7 @@ def main(argv=None):
     if args.resume:
         state = torch.load(checkpoint_path, weights_only=True, map_location=device)
         for name in RESUME_MUST_MATCH:
-            saved, now = state["args"][name], getattr(args, name)
+            saved, now = state["args"].get(name, parser.get_default(name)), getattr(args, name)
             if str(saved) != str(now):
                 raise SystemExit(f"--resume: {checkpoint_path} was made with --{name.replace('_', '-')} {saved}, "
                                  f"not {now}")
@@ -302,21 +341,22 @@ def main(argv=None):
         progress = 1.0 if args.grow_from else step / args.steps
         samples = [curriculum_scene(args.seed, step * args.batch + i, progress, model.cfg.image_size)
                    for i in range(args.batch)]
-        short = short_caption_step(args.seed, step, args.short_caption)
+        task = step_task(args.seed, step, args.short_caption, args.object_question)
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=args.precision == "bf16"):
-            if short:
-                lm_loss = short_caption_loss(model, samples, device, *layout(model, args.seed, step, args.batch))
-                bce = dice = words = torch.zeros((), device=device)
-            else:
+            if task == "gcg":
                 lm_loss, bce, dice, words = loss_terms(model, readout, *make_batch(model, samples, device),
                                                        *layout(model, args.seed, step, args.batch))
+            else:
+                lm_loss = language_loss(model, samples, device, *layout(model, args.seed, step, args.batch),
+                                        *language_task(task, samples, args.seed, step))
+                bce = dice = words = torch.zeros((), device=device)
         optimizer.zero_grad(set_to_none=True)
         (lm_loss + bce + dice + args.query_readout * words).backward()
         torch.nn.utils.clip_grad_norm_(trained, 1.0)
         optimizer.step()
         schedule.step()
         if step % 25 == 0 or step == last - 1:
-            print(f"step {step:5d}{' short' if short else ''}  lm {lm_loss.item():.4f}  bce {bce.item():.4f}  dice {dice.item():.4f}  "
+            print(f"step {step:5d}{'' if task == 'gcg' else ' ' + task}  lm {lm_loss.item():.4f}  bce {bce.item():.4f}  dice {dice.item():.4f}  "
                   f"words {words.item():.4f}  {time.time() - start:7.1f}s", flush=True)
         if time.time() - saved_at > 60 * args.checkpoint_minutes or step == last - 1:
             save_checkpoint(checkpoint_path, model, readout, optimizer, schedule, step + 1, args, time.time() - start)

@@ -122,6 +122,40 @@ def test_short_caption_task_keeps_the_vocabulary_and_starts_with_the_image(train
     answer = train.short_answer(scene.phrases)
     assert answer.split()[0] == scene.phrases[0].split()[0] and answer.count(" and ") == 1
     assert model.tokenizer.unk_id not in model.tokenizer.encode(answer)
-    draws = [train.short_caption_step(0, step, 0.3) for step in range(400)]
-    assert draws == [train.short_caption_step(0, step, 0.3) for step in range(400)]
-    assert 0.2 < sum(draws) / 400 < 0.4 and not any(train.short_caption_step(0, s, 0.0) for s in range(400))
+    draws = [train.step_task(0, step, 0.3) for step in range(400)]
+    assert draws == [train.step_task(0, step, 0.3) for step in range(400)] and set(draws) == {"short", "gcg"}
+    assert 0.2 < draws.count("short") / 400 < 0.4 and {train.step_task(0, s, 0.0) for s in range(400)} == {"gcg"}
+    mixed = [train.step_task(0, step, 0.3, 0.2) for step in range(400)]
+    assert [d == "short" for d in mixed] == [d == "short" for d in draws]  # a question share leaves them
+    assert 0.1 < mixed.count("question") / 400 < 0.3
+
+
+def test_object_question_names_one_object_its_answer_needs_the_image(train):
+    """The third task asks about an object by colour and shape (no new word; unique in the
+    scene), and the answer's first word, its size, is not in the question."""
+    from altp.data.synthetic import render_scene, scene_seed
+
+    model = TinyGCG(TinyGCGConfig(vocab=list(VOCAB), layers=1))
+    asked = set()
+    for index in range(20):
+        scene = render_scene(scene_seed(0, "train", index), 192, 1, 6)
+        question, answer = train.object_question(scene.phrases, 0, 7, index)
+        assert (question, answer) == train.object_question(scene.phrases, 0, 7, index)  # a fixed draw
+        size, colour, shape = answer.split()[:3]
+        assert answer.split()[3:] == ["."] and f"{size} {colour} {shape}" in scene.phrases
+        assert question.split()[2:4] == [colour, shape] and size not in question.split()
+        assert sum(p.split()[1:] == [colour, shape] for p in scene.phrases) == 1
+        assert model.tokenizer.unk_id not in model.tokenizer.prompt_ids(instruction=question)
+        asked.add(answer)
+    assert len(asked) > 10
+
+
+def test_language_tasks_train_with_per_sample_questions(train, perception, tmp_path):
+    """A run with all three tasks trains (per-sample questions batch together) and resumes
+    only with the same shares."""
+    common = ["--perception-from", str(perception), *SMALL, "--short-caption", "0.3", "--object-question", "0.5",
+              "--out", str(tmp_path / "tasks")]
+    train.main(common)
+    assert (tmp_path / "tasks" / "model.safetensors").exists()
+    with pytest.raises(SystemExit, match="--object-question"):
+        train.main([*common, "--resume", "--object-question", "0.4"])
