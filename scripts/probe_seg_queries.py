@@ -50,12 +50,16 @@ def seg_queries(model, scenes: int) -> tuple[torch.Tensor, torch.Tensor]:
 def _attention_maps(model, index: int):
     """Eager-attention maps of one teacher-forced probe scene: (per-layer attentions [heads,
     seq, seq], answer ids, first visual position, prompt length, per-object patch cover [n, grid²])."""
-    model.llm.config._attn_implementation = "eager"  # sdpa returns no attention weights
     grid = model.cfg.grid
     sample = render_scene(scene_seed(PROBE_SEED, "train", index), model.cfg.image_size, 1, 6)
     pixels, ids, _, _ = make_batch(model, [sample], torch.device("cpu"))
     embeds, visual_start, _ = model.embed_prompt(pixels, ids, encoded=model.vision(pixels))
-    attentions = [a[0] for a in model.llm.model(inputs_embeds=embeds, output_attentions=True).attentions]
+    config, previous = model.llm.config, model.llm.config._attn_implementation
+    config._attn_implementation = "eager"  # sdpa returns no attention weights; the caller's model keeps its own
+    try:
+        attentions = [a[0] for a in model.llm.model(inputs_embeds=embeds, output_attentions=True).attentions]
+    finally:
+        config._attn_implementation = previous
     n, height, width = sample.masks.shape
     cover = torch.from_numpy(sample.masks.reshape(n, grid, height // grid, grid, width // grid).mean(axis=(2, 4)))
     return attentions, ids, visual_start, embeds.shape[1] - ids.shape[1], cover.flatten(1)

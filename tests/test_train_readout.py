@@ -57,7 +57,9 @@ def test_reading_and_ranking_are_per_layer_shares():
     probe = load_script("probe_seg_queries")
     torch.manual_seed(0)
     model = TinyGCG(TinyGCGConfig(vocab=list(VOCAB), layers=2)).eval()
+    implementation = model.llm.config._attn_implementation
     reading, ranking, objects = probe.reading_and_ranking(model, 2)
+    assert model.llm.config._attn_implementation == implementation  # the probe's eager switch is undone
     assert reading.shape == ranking.shape == (2,) and 0 < objects < 1
     prompt_share = model.cfg.grid ** 2 / (model.cfg.grid ** 2 + 20)  # the image is most of the sequence
     assert ((0.5 * prompt_share < reading) & (reading < 1)).all()  # a random model spreads its attention
