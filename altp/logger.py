@@ -119,13 +119,13 @@ class WandbLogger(NullLogger):
 
             logged = {}
             for key, (columns, rows) in tables.items():
-                data, section = [], ""
+                data, section, group = [], "", ""
                 for label, cells in rows:
-                    if not cells:  # a heading row: a section ("<model> on <data>") or a keep group
-                        section = label if " on " in label else section
+                    if not cells:  # a heading row: a section ("<model> on <data>") or a keep group under it
+                        section, group = (label, "") if " on " in label else (section, label)
                         continue
-                    data.append([section, label, *cells])
-                logged[key] = wandb.Table(columns=["section", *columns], data=data)
+                    data.append([section, group, label, *cells])  # wandb tables have no heading rows
+                logged[key] = wandb.Table(columns=["section", "group", *columns], data=data)
             run.log(logged)
         except Exception as err:  # noqa: BLE001
             warn_once(f"logger=wandb: logging the sweep tables failed ({type(err).__name__}: {err})")

@@ -112,8 +112,10 @@ def test_sweep_end_logs_the_tables_of_its_runs(workspace, logged, tmp_path):
     assert json.loads((tmp_path / "sweep" / "sweep_report.json").read_text())["completed"] == 1
     run_dir = next((tmp_path / "wb" / "wandb").glob("offline-run-*"))
     table1 = json.loads(next((run_dir / "files" / "media" / "table").glob("table1_*.json")).read_text())
-    fastv = [row for row in table1["data"] if row[1] == "FastV" and row[3] != "—"]
-    assert len(fastv) == 1 and fastv[0][3] == f"{100 * metrics['METEOR']:.1f}"
+    assert table1["columns"][:3] == ["section", "group", "Method"]
+    fastv = [row for row in table1["data"] if row[2] == "FastV" and row[4] != "—"]
+    assert len(fastv) == 1 and fastv[0][4] == f"{100 * metrics['METEOR']:.1f}"
+    assert fastv[0][0].startswith("tiny_gcg") and fastv[0][0].endswith(" on synthetic") and fastv[0][1].startswith("Retain 144 tokens")  # its keep group
 
 
 def test_without_wandb_the_run_completes_with_one_warning(workspace, monkeypatch, recwarn):
