@@ -168,7 +168,6 @@ def bench(tiny: bool, new_tokens: int, segs: int, repeats: int, ttft_keep: float
 
 def main(argv: list[str] | None = None) -> dict:
     parser = bench_utils.arguments(__doc__.splitlines()[0], new_tokens=128, stop="EOS")
-    parser.add_argument("--ttft-keep", type=float, default=0.1, help="keep ratio of the time-to-first-token rows")
     args = parser.parse_args(argv)
     if not 1 <= args.segs <= args.new_tokens:
         parser.error("--segs must be between 1 and --new-tokens")

@@ -14,6 +14,10 @@ Reported, median of ``--repeats`` after one warm-up:
 * ``prefill_ms``: per pruner (none / fastv / pdrop / altp) and keep (1.0 / 0.25 / 0.1 of the
   256 pixel tokens), the engine's prefill time (pruner included) beside the FLOPs ratio of its
   token schedule (eval.flops);
+* ``time_to_first_token_ms`` at keep ``--ttft-keep`` (0.1): the image to the first token
+  (OMG-Seg, projector, splice, pruned prefill) for none / fastv / altp; ALTP twice, with its SLIC
+  on the padded square counted serially (``prefetch=false``) and without (done ahead by the data
+  pipeline, ``prefetch=true``), beside the SLIC time alone;
 * ``decode_ms_per_token``: cached decoding, unpruned;
 * ``end_to_end_ms``: one image, perception + prefill + a ``--new-tokens`` caption + the masks,
   per pruner at keep 0.1 and unpruned.
@@ -105,7 +109,7 @@ def end_to_end(model: OMGLLaVA, engine: PruningEngine, image: Image.Image, new_t
 
 
 @torch.no_grad()
-def bench(tiny: bool, new_tokens: int, segs: int, repeats: int) -> dict:
+def bench(tiny: bool, new_tokens: int, segs: int, repeats: int, ttft_keep: float = 0.1) -> dict:
     device = torch.device("cpu" if tiny or not torch.cuda.is_available() else "cuda")
     dtype = torch.float32 if device.type == "cpu" else torch.bfloat16
     shapes = TINY if tiny else FULL
@@ -117,21 +121,26 @@ def bench(tiny: bool, new_tokens: int, segs: int, repeats: int) -> dict:
     full_tokens = inputs.inputs_embeds.shape[1]
     llm = model.llm.config
     perception = bench_utils.median_ms(lambda: model.engine_inputs([image]), repeats, clock)
+    text_tokens = PROMPT_TEXT + 1 + objects  # what the pruners see as text (the object tokens included)
 
     prefill, e2e = {}, {}
     for name in PRUNERS:
         for keep in (1.0,) if name == "none" else KEEPS:
-            engine = PruningEngine(model.llm, pruner(name, keep, shapes, PROMPT_TEXT + 1 + objects))
+            engine = PruningEngine(model.llm, pruner(name, keep, shapes, text_tokens))
             prefill.setdefault(name, {})[str(keep)] = bench_utils.prefill_row(engine, inputs, repeats, full_tokens, llm)
             if keep in (1.0, 0.1):
                 e2e[f"{name} {keep}"] = bench_utils.median_ms(
                     lambda engine=engine: end_to_end(model, engine, image, new_tokens, segs), max(1, repeats // 2), clock)
+    ttft = bench_utils.time_to_first_token(
+        model.llm, lambda prepared: model.engine_inputs([image], prepared=prepared)[0], model.encoder_view(image),
+        model.grid, {name: pruner(name, ttft_keep, shapes, text_tokens) for name in ("none", "fastv", "altp")},
+        repeats, clock)
     decode = PruningEngine(model.llm).generate(inputs, new_tokens)
     return {
         "device": torch.cuda.get_device_name() if device.type == "cuda" else "cpu", "dtype": str(dtype),
         "shapes": "tiny" if tiny else "full (ConvNeXt-L 1024, OMG-Seg head, InternLM2-7B as Llama)",
         "prefill_tokens": full_tokens, "pixel_tokens": model.n_visual, "object_tokens": objects,
-        "perception_ms": perception, "prefill_ms": prefill,
+        "perception_ms": perception, "prefill_ms": prefill, "time_to_first_token_ms": {"keep": ttft_keep, **ttft},
         "decode_ms_per_token": round(1e3 * decode.timing["decode"] / decode.timing["decode_steps"], 3),
         "end_to_end_ms": e2e, "new_tokens": new_tokens, "segs": segs, "repeats": repeats,
         "torch": torch.__version__,
@@ -143,7 +152,7 @@ def main(argv: list[str] | None = None) -> dict:
     args = parser.parse_args(argv)
     if not 1 <= args.segs < args.new_tokens:
         parser.error("--segs must be between 1 and --new-tokens - 1")
-    result = bench(args.tiny, args.new_tokens, args.segs, args.repeats)
+    result = bench(args.tiny, args.new_tokens, args.segs, args.repeats, args.ttft_keep)
     if args.json:
         print(json.dumps(result, indent=1))
         return result
@@ -151,6 +160,8 @@ def main(argv: list[str] | None = None) -> dict:
           f"tokens ({result['pixel_tokens']} pixel, {result['object_tokens']} object)")
     print(f"  perception + projector: {result['perception_ms']:.1f} ms")
     bench_utils.print_prefill(result["prefill_ms"])
+    ttft = dict(result["time_to_first_token_ms"])
+    bench_utils.print_ttft(ttft, ttft.pop("keep"))
     print(f"  decode: {result['decode_ms_per_token']:.2f} ms / token")
     for run, ms in result["end_to_end_ms"].items():
         print(f"  end to end ({args.new_tokens} tokens, {args.segs} masks) {run}: {ms:.1f} ms")

@@ -94,5 +94,6 @@ def arguments(description: str, new_tokens: int, stop: str) -> argparse.Argument
     parser.add_argument("--new-tokens", type=int, default=new_tokens, help=f"caption length (no {stop})")
     parser.add_argument("--segs", type=int, default=4, help="[SEG] masks decoded per caption")
     parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--ttft-keep", type=float, default=0.1, help="keep ratio of the time-to-first-token rows")
     parser.add_argument("--json", action="store_true", help="print JSON only")
     return parser

@@ -420,6 +420,9 @@ def test_bench_tiny_times_every_pruner_beside_flops():
     ratios = {keep: row["flops_ratio"] for keep, row in result["prefill_ms"]["altp"].items()}
     assert ratios["0.1"] < ratios["0.25"] < ratios["1.0"] == 1
     assert result["decode_ms_per_token"] > 0 and result["end_to_end_ms"]["altp 0.1"] > 0
+    ttft = result["time_to_first_token_ms"]
+    assert ttft["keep"] == 0.1 and ttft["none"]["ms"] > 0 and ttft["fastv"]["ms"] > 0
+    assert ttft["altp"]["prepare_ms"] > 0 and ttft["altp"]["with_prepare_ms"] > 0 and ttft["altp"]["without_prepare_ms"] > 0
 
 
 def test_encoder_view_is_the_square_the_pruner_sees(model):
