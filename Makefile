@@ -11,7 +11,7 @@ install: ## install torch==2.13.0 first (CPU build here, CUDA build on a GPU box
 	$(PY) -m pip install torch==2.13.0
 	$(PY) -m pip install -e ".[dev]"
 
-test: ## every CPU test, slow end-to-end ones included (what CI runs; 455 s on 2 shared cores, see README)
+test: ## every CPU test, slow end-to-end ones included (what CI runs; 455–677 s on 2 cores, see README)
 	$(PY) -m pytest -q -m "not gpu"
 
 test-fast: ## the quick suite while developing (no slow end-to-end tests; ~1.5 min)
