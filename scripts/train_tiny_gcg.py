@@ -25,16 +25,20 @@ words before the system text (0..``MAX_PREFIX``, text before the image, as promp
 a random offset added to every position id (0..``MAX_OFFSET``). Inference uses the plain
 prompt at offset 0. Inputs are never pruned in training (the real models never were).
 
-Two further options, both measured in the README (its testbed section):
+Further options, all measured in the README (its testbed section):
 ``--grow-from DIR`` starts from a trained tiny_gcg and appends identity-initialised decoder
-layers (same width) to reach ``--layers``, then trains on the full scene distribution.
+layers (same width) to reach ``--layers`` (none at its own depth: a second training stage),
+then trains on the full scene distribution.
 ``--short-caption P`` trains a share P of the steps on a second task, "Describe the image ."
 answered by the phrases alone ("small red circle , large blue star ."), language loss only:
 its first word needs the image at the last prompt token, which GCG's fixed opening
 ("The image shows a") never asks for. ``--object-question P`` trains a share P on a third, a
 question about one object named by colour and shape ("Describe the red circle . ASSISTANT :"),
 answered by its phrase ("small red circle ."): its first word needs the last prompt token to
-find that object, as a VQA question does in a real model's training data.
+find that object, as a VQA question does in a real model's training data. ``--layer-drop R``
+skips decoder layer l for a step with probability R * l / (L - 1) (LayerDrop with stochastic
+depth's linear rule; nothing is rescaled): the answer has to be ready without the deep layers,
+as a pretrained LLM's answer largely is by mid-depth; it acts on whole layers, never on tokens.
 
 Deterministic for a seed: the scenes of step s are fixed by (seed, s) and the layout draw by a
 generator seeded with (seed, s). ``--resume`` continues from ``DIR/checkpoint.pt`` (weights,
@@ -50,6 +54,7 @@ import math
 import os
 import sys
 import time
+from contextlib import contextmanager
 from dataclasses import replace
 from pathlib import Path
 
@@ -85,7 +90,7 @@ assert set(SHORT_INSTRUCTION.split()) <= set(INSTRUCTION.split())
 # The third task (--object-question): "Describe the <colour> <shape> ." -> "<size> <colour> <shape> .".
 QUESTION_INSTRUCTION = "Describe the {colour} {shape} . ASSISTANT :"
 RESUME_MUST_MATCH = ("steps", "batch", "lr", "seed", "perception_from", "grow_from", "precision", "query_readout",
-                     "short_caption", "object_question",
+                     "short_caption", "object_question", "layer_drop",
                      *ARCHITECTURE)
 
 
@@ -109,6 +114,28 @@ def step_task(seed: int, step: int, short_share: float, question_share: float = 
     (seed, step); with no question share the draws are those of the short-caption-only runs."""
     draw = float(torch.rand((), generator=torch.Generator().manual_seed(seed * 7_919 + step)))
     return "short" if draw < short_share else "question" if draw < short_share + question_share else "gcg"
+
+
+def dropped_layers(seed: int, step: int, n_layers: int, top_rate: float) -> list[int]:
+    """LayerDrop with stochastic depth's linear rule (--layer-drop): layer i (0-based) is
+    skipped for this step's whole batch with probability top_rate * i / (n_layers - 1), so
+    layer 0 always runs and the last is skipped at top_rate; a fixed draw per (seed, step)."""
+    if top_rate <= 0:
+        return []
+    draws = torch.rand(n_layers, generator=torch.Generator().manual_seed(seed * 104_729 + step))
+    return [i for i in range(1, n_layers) if draws[i] < top_rate * i / (n_layers - 1)]
+
+
+@contextmanager
+def skipping(model: TinyGCG, dropped: list[int]):
+    """Run the LLM without the decoder layers in ``dropped`` (their residual branch is zero)."""
+    layers = model.llm.model.layers
+    if dropped:
+        model.llm.model.layers = torch.nn.ModuleList(layer for i, layer in enumerate(layers) if i not in dropped)
+    try:
+        yield
+    finally:
+        model.llm.model.layers = layers
 
 
 def short_answer(phrases: list[str]) -> str:
@@ -297,6 +324,9 @@ def main(argv=None):
     parser.add_argument("--object-question", type=float, default=0.0,
                         help="share of steps that train a question about one object named by colour and shape "
                              "(QUESTION_INSTRUCTION), answered by its phrase (0: none)")
+    parser.add_argument("--layer-drop", type=float, default=0.0,
+                        help="LayerDrop rate of the last decoder layer, falling linearly to 0 at layer 0 "
+                             "(stochastic depth's rule; 0: every layer runs every step)")
     parser.add_argument("--checkpoint-minutes", type=float, default=10.0)
     parser.add_argument("--stop-after", type=int, default=None, help="stop (checkpointed) after this step count")
     parser.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint.pt")
@@ -342,7 +372,9 @@ def main(argv=None):
         samples = [curriculum_scene(args.seed, step * args.batch + i, progress, model.cfg.image_size)
                    for i in range(args.batch)]
         task = step_task(args.seed, step, args.short_caption, args.object_question)
-        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=args.precision == "bf16"):
+        dropped = dropped_layers(args.seed, step, model.cfg.layers, args.layer_drop)
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=args.precision == "bf16"), \
+                skipping(model, dropped):
             if task == "gcg":
                 lm_loss, bce, dice, words = loss_terms(model, readout, *make_batch(model, samples, device),
                                                        *layout(model, args.seed, step, args.batch))

@@ -159,3 +159,23 @@ def test_language_tasks_train_with_per_sample_questions(train, perception, tmp_p
     assert (tmp_path / "tasks" / "model.safetensors").exists()
     with pytest.raises(SystemExit, match="--object-question"):
         train.main([*common, "--resume", "--object-question", "0.4"])
+
+
+def test_layer_drop_skips_deeper_layers_more_and_restores_the_model(train, perception):
+    assert train.dropped_layers(0, 5, 16, 0.0) == []
+    draws = [train.dropped_layers(0, step, 16, 0.5) for step in range(400)]
+    assert draws[7] == train.dropped_layers(0, 7, 16, 0.5)  # a fixed draw per step: resume is exact
+    rate = [sum(i in dropped for dropped in draws) / len(draws) for i in range(16)]
+    assert rate[0] == 0 and abs(rate[15] - 0.5) < 0.08 and abs(rate[8] - 0.5 * 8 / 15) < 0.08
+
+    torch.manual_seed(0)
+    model = TinyGCG(TinyGCGConfig(vocab=list(VOCAB), layers=3, hidden=32, heads=2, intermediate=64)).eval()
+    embeds = torch.randn(1, 5, 32)
+    layers = model.llm.model.layers
+    with train.skipping(model, [1]):
+        skipped = model.llm.model(inputs_embeds=embeds).last_hidden_state
+    assert model.llm.model.layers is layers
+    # the same as a model whose layer 1 adds nothing to the residual stream
+    torch.nn.init.zeros_(layers[1].self_attn.o_proj.weight)
+    torch.nn.init.zeros_(layers[1].mlp.down_proj.weight)
+    torch.testing.assert_close(skipped, model.llm.model(inputs_embeds=embeds).last_hidden_state)
