@@ -1,6 +1,6 @@
 """What a tiny_gcg's [SEG] mask queries know, and in which layers they look at their object.
 
-    python scripts/probe_seg_queries.py [WEIGHTS_DIR] [--scenes 60]
+    python scripts/probe_seg_queries.py [WEIGHTS_DIR] [--scenes 60] [--ranking-only]
 
 1. Held-out accuracy of a linear probe for the size, colour and shape of each query's phrase
    (teacher-forced on the training stream).
@@ -11,6 +11,8 @@
    LLaVA-family models read it in shallow layers and barely attend to it deep down, the
    premise of FastV and PyramidDrop), and whether the last prompt token's top-10 % visual
    tokens lie on objects (what FastV and PyramidDrop keep).
+4. That share again under the prompts of the two training-only tasks (the short caption, the
+   object question), whose first answer word needs the image, beside GCG's, whose does not.
 
 A query that the probe reads at chance for colour and shape can only tell the mask head "a
 small object": its masks then cover every object of that size (what the first deep testbed
@@ -28,10 +30,25 @@ import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from altp.data.synthetic import render_scene, scene_seed  # noqa: E402
-from altp.models.tiny_gcg import load_tiny_gcg  # noqa: E402
-from scripts.train_tiny_gcg import ATTRIBUTES, answer_states, make_batch  # noqa: E402
+from altp.models.tiny_gcg import INSTRUCTION, load_tiny_gcg  # noqa: E402
+from scripts.train_tiny_gcg import (  # noqa: E402
+    ATTRIBUTES,
+    SHORT_INSTRUCTION,
+    answer_states,
+    make_batch,
+    object_question,
+)
 
 PROBE_SEED = 9  # training-stream scenes no training run of seed 0 draws first
+# The prompts whose last token the ranking figure reads: GCG's (what pruners see at inference)
+# and the training-only tasks' (the short caption; a question about one object of the scene).
+TASKS = ("gcg", "short", "question")
+
+
+def _instruction(task: str, sample, index: int) -> str:
+    if task == "question":
+        return object_question(sample.phrases, PROBE_SEED, index, 0)[0]
+    return {"gcg": INSTRUCTION, "short": SHORT_INSTRUCTION}[task]
 
 
 @torch.no_grad()
@@ -47,13 +64,16 @@ def seg_queries(model, scenes: int) -> tuple[torch.Tensor, torch.Tensor]:
     return torch.cat(queries), torch.cat(labels)
 
 
-def _attention_maps(model, index: int):
+def _attention_maps(model, index: int, task: str = "gcg"):
     """Eager-attention maps of one teacher-forced probe scene: (per-layer attentions [heads,
-    seq, seq], answer ids, first visual position, prompt length, per-object patch cover [n, grid²])."""
+    seq, seq], answer ids, first visual position, prompt length, per-object patch cover [n, grid²]).
+    ``task`` (one of TASKS): whose instruction the prompt ends with; the GCG answer follows it
+    either way (attention is causal: the prompt's own rows never see it)."""
     grid = model.cfg.grid
     sample = render_scene(scene_seed(PROBE_SEED, "train", index), model.cfg.image_size, 1, 6)
     pixels, ids, _, _ = make_batch(model, [sample], torch.device("cpu"))
-    embeds, visual_start, _ = model.embed_prompt(pixels, ids, encoded=model.vision(pixels))
+    embeds, visual_start, _ = model.embed_prompt(pixels, ids, encoded=model.vision(pixels),
+                                                 instruction=_instruction(task, sample, index))
     config, previous = model.llm.config, model.llm.config._attn_implementation
     config._attn_implementation = "eager"  # sdpa returns no attention weights; the caller's model keeps its own
     try:
@@ -81,14 +101,14 @@ def object_attention(model, scenes: int) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 @torch.no_grad()
-def reading_and_ranking(model, scenes: int, keep: float = 0.1) -> tuple[torch.Tensor, torch.Tensor, float]:
+def reading_and_ranking(model, scenes: int, keep: float = 0.1, task: str = "gcg") -> tuple[torch.Tensor, torch.Tensor, float]:
     """Per layer: the share of attention that answer-producing positions put on the image (where
     in depth the model reads it), and the share of the last prompt token's top-``keep`` visual
     tokens that lie on an object (what FastV, K-1 = that layer, and PDrop rank by); then the
-    objects' share of the image, the second figure's chance level."""
+    objects' share of the image, the second figure's chance level. ``task``: see _attention_maps."""
     reading, ranking, objects = [], [], []
     for index in range(scenes):
-        attentions, _, visual_start, prompt_len, cover = _attention_maps(model, index)
+        attentions, _, visual_start, prompt_len, cover = _attention_maps(model, index, task)
         on_object = (cover.max(0).values >= 0.2).float()
         image = slice(visual_start, visual_start + cover.shape[1])
         reading.append(torch.stack([a[:, prompt_len - 1:-1, image].sum(-1).mean() for a in attentions]))
@@ -122,8 +142,11 @@ def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("weights", nargs="?", default=None, help="weights folder (default: the packaged weights)")
     parser.add_argument("--scenes", type=int, default=60)
+    parser.add_argument("--ranking-only", action="store_true", help="only the last prompt token's ranking by prompt (4.)")
     args = parser.parse_args(argv)
     model = load_tiny_gcg(args.weights).eval()
+    if args.ranking_only:
+        return print_ranking_by_prompt(model, args.scenes, reading_and_ranking(model, args.scenes)[1])
     queries, labels = seg_queries(model, args.scenes)
     print(f"{len(queries)} [SEG] queries of {args.scenes} scenes; held-out linear-probe accuracy:")
     for row, (name, classes) in enumerate(zip(("size", "colour", "shape"), ATTRIBUTES)):
@@ -137,6 +160,17 @@ def main(argv=None):
           f"top-10 % visual tokens on an object (objects cover {objects:.3f} of the image):")
     for layer, (read, ranked) in enumerate(zip(reading.tolist(), ranking.tolist())):
         print(f"  layer {layer:2d}  {read:.3f} | {ranked:.3f}")
+    print_ranking_by_prompt(model, args.scenes, ranking)
+
+
+def print_ranking_by_prompt(model, scenes: int, gcg_ranking: torch.Tensor) -> None:
+    # The ranking depends on what the prompt asks: GCG's answer opens with "The image shows a"
+    # whatever the image, so only the training tasks' last token needs the image to answer.
+    others = {task: reading_and_ranking(model, scenes, task=task)[1] for task in TASKS[1:]}
+    print("share of the last prompt token's top-10 % visual tokens on an object, per layer, by prompt "
+          "(gcg | short caption | object question):")
+    for layer, ranked in enumerate(gcg_ranking.tolist()):
+        print(f"  layer {layer:2d}  {ranked:.3f} | {others['short'][layer]:.3f} | {others['question'][layer]:.3f}")
 
 
 if __name__ == "__main__":

@@ -39,6 +39,9 @@ find that object, as a VQA question does in a real model's training data. ``--la
 skips decoder layer l for a step with probability R * l / (L - 1) (LayerDrop with stochastic
 depth's linear rule; nothing is rescaled): the answer has to be ready without the deep layers,
 as a pretrained LLM's answer largely is by mid-depth; it acts on whole layers, never on tokens.
+``--lora-rank R`` adapts the LLM as GLaMM adapts LLaVA-1.5's (``scripts/lora.py``): rank-R
+adapters on q_proj / v_proj, the decoder layers and the projector frozen, the adapters merged
+into the saved weights.
 
 Deterministic for a seed: the scenes of step s are fixed by (seed, s) and the layout draw by a
 generator seeded with (seed, s). ``--resume`` continues from ``DIR/checkpoint.pt`` (weights,
@@ -72,6 +75,7 @@ from altp.models.tiny_gcg import (  # noqa: E402
     TinyGCGConfig,
     load_tiny_gcg,
 )
+from scripts.lora import LoRA, freeze_for_lora  # noqa: E402
 
 # Curriculum over the objects per scene (fraction of training done -> max objects): first find
 # one or two objects, then order many. Evaluation scenes have 1..6 objects; the last stage trains
@@ -90,7 +94,7 @@ assert set(SHORT_INSTRUCTION.split()) <= set(INSTRUCTION.split())
 # The third task (--object-question): "Describe the <colour> <shape> ." -> "<size> <colour> <shape> .".
 QUESTION_INSTRUCTION = "Describe the {colour} {shape} . ASSISTANT :"
 RESUME_MUST_MATCH = ("steps", "batch", "lr", "seed", "perception_from", "grow_from", "precision", "query_readout",
-                     "short_caption", "object_question", "layer_drop",
+                     "short_caption", "object_question", "layer_drop", "lora_rank",
                      *ARCHITECTURE)
 
 
@@ -285,9 +289,10 @@ def grow_model(args) -> TinyGCG:
     return model
 
 
-def save_checkpoint(path: Path, model, readout, optimizer, schedule, step: int, args, elapsed: float) -> None:
+def save_checkpoint(path: Path, model, readout, lora, optimizer, schedule, step: int, args, elapsed: float) -> None:
     tmp = path.with_name(path.name + ".tmp")
-    torch.save({"model": model.state_dict(), "readout": readout.state_dict(), "optimizer": optimizer.state_dict(),
+    torch.save({"model": model.state_dict(), "readout": readout.state_dict(),
+                "lora": lora.state_dict() if lora else {}, "optimizer": optimizer.state_dict(),
                 "schedule": schedule.state_dict(), "step": step, "elapsed_s": elapsed,
                 "args": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()}}, tmp)
     os.replace(tmp, path)  # a kill mid-write leaves the previous checkpoint intact
@@ -327,6 +332,9 @@ def main(argv=None):
     parser.add_argument("--layer-drop", type=float, default=0.0,
                         help="LayerDrop rate of the last decoder layer, falling linearly to 0 at layer 0 "
                              "(stochastic depth's rule; 0: every layer runs every step)")
+    parser.add_argument("--lora-rank", type=int, default=0,
+                        help="adapt the LLM with rank-R LoRA on q_proj / v_proj, its layers and the projector "
+                             "frozen, as GLaMM adapts LLaVA-1.5 (r 8, alpha 2r; 0: train it whole)")
     parser.add_argument("--checkpoint-minutes", type=float, default=10.0)
     parser.add_argument("--stop-after", type=int, default=None, help="stop (checkpointed) after this step count")
     parser.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint.pt")
@@ -337,7 +345,11 @@ def main(argv=None):
     device = torch.device(args.device)
     model = (grow_model(args) if args.grow_from else build_model(args)).to(device).train()
     readout = QueryReadout(model.cfg.mask_dim).to(device)
+    lora = LoRA(model, args.lora_rank) if args.lora_rank else None
+    if lora:
+        freeze_for_lora(model)
     trained = [p for p in model.parameters() if p.requires_grad] + list(readout.parameters())
+    trained += list(lora.parameters()) if lora else []
     optimizer = torch.optim.AdamW(trained, lr=args.lr, weight_decay=0.01)
     warmup = max(1, args.steps // 20)
 
@@ -358,6 +370,8 @@ def main(argv=None):
                                  f"not {now}")
         model.load_state_dict(state["model"])
         readout.load_state_dict(state["readout"])
+        if lora:
+            lora.load_state_dict(state["lora"])
         optimizer.load_state_dict(state["optimizer"])
         schedule.load_state_dict(state["schedule"])
         first, elapsed = state["step"], state["elapsed_s"]
@@ -391,8 +405,9 @@ def main(argv=None):
             print(f"step {step:5d}{'' if task == 'gcg' else ' ' + task}  lm {lm_loss.item():.4f}  bce {bce.item():.4f}  dice {dice.item():.4f}  "
                   f"words {words.item():.4f}  {time.time() - start:7.1f}s", flush=True)
         if time.time() - saved_at > 60 * args.checkpoint_minutes or step == last - 1:
-            save_checkpoint(checkpoint_path, model, readout, optimizer, schedule, step + 1, args, time.time() - start)
-            model.eval().save(args.out, card(args, model, time.time() - start, step + 1))
+            save_checkpoint(checkpoint_path, model, readout, lora, optimizer, schedule, step + 1, args,
+                            time.time() - start)
+            (lora.merged(model) if lora else model).eval().save(args.out, card(args, model, time.time() - start, step + 1))
             model.train()
             saved_at = time.time()
     print(json.dumps(card(args, model, time.time() - start, last)))

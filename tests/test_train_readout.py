@@ -64,3 +64,6 @@ def test_reading_and_ranking_are_per_layer_shares():
     prompt_share = model.cfg.grid ** 2 / (model.cfg.grid ** 2 + 20)  # the image is most of the sequence
     assert ((0.5 * prompt_share < reading) & (reading < 1)).all()  # a random model spreads its attention
     assert ((0 <= ranking) & (ranking <= 1)).all()
+    for task in probe.TASKS[1:]:  # the training tasks' prompts: another instruction, same scenes
+        _, other, same_objects = probe.reading_and_ranking(model, 2, task=task)
+        assert other.shape == (2,) and ((0 <= other) & (other <= 1)).all() and same_objects == objects

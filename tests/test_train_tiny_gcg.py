@@ -32,8 +32,9 @@ def weights(directory: Path) -> dict:
     return load_file(str(directory / "model.safetensors"))
 
 
-def test_resume_continues_exactly(train, perception, tmp_path):
-    common = ["--perception-from", str(perception), *SMALL]
+@pytest.mark.parametrize("adapt", [[], ["--lora-rank", "2"]], ids=["whole", "lora"])
+def test_resume_continues_exactly(train, perception, tmp_path, adapt):
+    common = ["--perception-from", str(perception), *SMALL, *adapt]
     train.main([*common, "--out", str(tmp_path / "straight")])
     train.main([*common, "--out", str(tmp_path / "stopped"), "--stop-after", "2"])
     halfway = weights(tmp_path / "stopped")
@@ -179,3 +180,33 @@ def test_layer_drop_skips_deeper_layers_more_and_restores_the_model(train, perce
     torch.nn.init.zeros_(layers[1].self_attn.o_proj.weight)
     torch.nn.init.zeros_(layers[1].mlp.down_proj.weight)
     torch.testing.assert_close(skipped, model.llm.model(inputs_embeds=embeds).last_hidden_state)
+
+
+def test_lora_stage_trains_adapters_not_layers_and_saves_them_merged(train, perception, tmp_path):
+    train.main(["--perception-from", str(perception), *SMALL, "--out", str(tmp_path / "base")])
+    train.main(["--grow-from", str(tmp_path / "base"), *SMALL, "--lora-rank", "2", "--out", str(tmp_path / "adapted")])
+    base, adapted = weights(tmp_path / "base"), weights(tmp_path / "adapted")
+    assert base.keys() == adapted.keys()  # merged: no adapter keys in the shipped layout
+    changed = {k for k in base if k.startswith("llm.model.layers.") and not torch.equal(base[k], adapted[k])}
+    assert changed and all(k.endswith(("q_proj.weight", "v_proj.weight")) for k in changed)
+    for frozen in ("projector.", "llm.model.norm.", "vision."):  # GLaMM keeps these frozen under LoRA
+        assert all(torch.equal(base[k], adapted[k]) for k in base if k.startswith(frozen))
+    for trained in ("text_hidden_fcs.", "mask_head.", "llm.lm_head."):
+        assert any(not torch.equal(base[k], adapted[k]) for k in base if k.startswith(trained))
+
+
+def test_merged_lora_computes_what_the_adapted_model_computes():
+    lora_script = load_script("lora")
+    torch.manual_seed(0)
+    model = TinyGCG(TinyGCGConfig(vocab=list(VOCAB), layers=2, hidden=32, heads=2, intermediate=64)).eval()
+    embeds = torch.randn(1, 7, 32)
+    plain = model.llm.model(inputs_embeds=embeds).last_hidden_state
+    lora = lora_script.LoRA(model, 2)
+    assert torch.equal(model.llm.model(inputs_embeds=embeds).last_hidden_state, plain)  # B = 0 at the start
+    for pair in lora.adapters.values():
+        torch.nn.init.normal_(pair[1].weight)
+    adapted = model.llm.model(inputs_embeds=embeds).last_hidden_state
+    merged = lora.merged(model).llm.model(inputs_embeds=embeds).last_hidden_state
+    assert not torch.allclose(adapted, plain, atol=1e-3)
+    torch.testing.assert_close(merged, adapted, atol=1e-5, rtol=1e-5)
+    assert torch.equal(model.llm.model(inputs_embeds=embeds).last_hidden_state, adapted)  # the source keeps its hooks
